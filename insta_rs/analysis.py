@@ -1,0 +1,356 @@
+"""Tables, ACR and curves for certification files (ALGORITHMS.md sections 5 and 6).
+
+A certification file is a TSV, header first, one row per input (ALGORITHMS.md section 6):
+``idx label predict radius correct time`` then, in files we write, ``sigma pA_lower guarantee
+search_time search_draws`` (and possibly more). Columns are found by header name. Cohen et al.'s
+released files have only the first six; their ``time`` holds seconds or ``H:MM:SS.ffffff``, and
+their rows are fixed-sigma certificates, hence guarantee ``sound``.
+
+Metrics (ALGORITHMS.md section 5), over the N rows of a file:
+- certified accuracy at r = #{i : correct_i = 1 and radius_i >= r} / N  (an abstention is wrong);
+- ACR = (1/N) * sum_i radius_i * correct_i.
+Summaries never pool rows of different guarantee labels (ALGORITHMS.md section 3): use
+``summarize_by_guarantee``; ``summarize`` on a mixed frame says ``guarantee: "mixed"``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+CIFAR10_RADII = tuple(0.25 * i for i in range(10))  # 0, 0.25, ..., 2.25
+IMAGENET_RADII = tuple(0.5 * i for i in range(8))  # 0, 0.5, ..., 3.5
+
+ABSTAIN = -1
+REQUIRED_COLUMNS = ("idx", "label", "predict", "radius", "correct")
+# optional column -> (kind, default when the column is absent)
+OPTIONAL_COLUMNS = {
+    "time": ("time", math.nan),
+    "sigma": ("float", math.nan),
+    "pA_lower": ("float", math.nan),
+    "guarantee": ("label", "sound"),
+    "search_time": ("float", 0.0),
+    "search_draws": ("int", 0),
+}
+_KINDS = {"idx": "int", "label": "int", "predict": "int", "radius": "float", "correct": "int"}
+SIGMA_QUANTILES = {"q05": 0.05, "q25": 0.25, "q50": 0.50, "q75": 0.75, "q95": 0.95}
+
+_CLOCK = re.compile(r"^(?:(?P<days>\d+) days?, )?(?P<h>\d+):(?P<m>\d{1,2}):(?P<s>\d{1,2}(?:\.\d*)?)$")
+
+
+def radius_grid(dataset_name: str | None) -> tuple[float, ...]:
+    """The standard radius grid (ALGORITHMS.md section 5): ImageNet's for a name starting with
+    ``imagenet`` (any case), CIFAR-10's (0, 0.25, ..., 2.25) for anything else, None included."""
+    if dataset_name is not None and str(dataset_name).lower().startswith("imagenet"):
+        return IMAGENET_RADII
+    return CIFAR10_RADII
+
+
+def parse_time(value) -> float:
+    """Seconds from a number, a numeric string, or a clock string ``H:MM:SS[.ffffff]`` (Python's
+    ``str(timedelta)``, as in Cohen et al.'s files, including the ``"N day(s), H:MM:SS"`` form).
+    A negative, non-finite or unparseable value raises DataError naming it."""
+    seconds = None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            match = _CLOCK.match(text)
+            if match is not None and int(match["m"]) < 60 and float(match["s"]) < 60:
+                seconds = (int(match["days"] or 0) * 86400 + int(match["h"]) * 3600 + int(match["m"]) * 60
+                           + float(match["s"]))
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        raise DataError(f"time value {value!r} is not a duration: expected seconds (e.g. 15.1) or H:MM:SS.ffffff "
+                        f"(e.g. 0:00:15.123456)")
+    return seconds
+
+
+def _convert(text: str, kind: str):
+    if kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            number = float(text)  # "3.0" is accepted; "abc" raises ValueError
+            if not number.is_integer():
+                raise ValueError(text) from None
+            return int(number)
+    if kind == "float":
+        return float(text)
+    if kind == "time":
+        return parse_time(text)
+    if kind == "label":
+        if not text.strip():
+            raise ValueError(text)
+        return text.strip()
+    raise AssertionError(kind)
+
+
+_EXPECTED = {"int": "an integer", "float": "a number", "time": "seconds or H:MM:SS.ffffff",
+             "label": "a non-empty label such as sound, instance or memory"}
+
+
+def read_certification(path: str | Path) -> pd.DataFrame:
+    """Read a certification TSV (ALGORITHMS.md section 6) into a DataFrame, columns found by header name.
+
+    Required: idx, label, predict, radius, correct. Optional, with the default used when absent:
+    time (NaN), sigma (NaN), pA_lower (NaN), guarantee ("sound": Cohen et al.'s fixed-sigma
+    certificates are sound), search_time (0.0), search_draws (0). ``time`` becomes float seconds.
+    Extra columns are kept (numeric where every value is). A trailing line with fewer fields than
+    the header, or one that lacks its newline and does not parse, is a row a killed run was writing
+    and is ignored; any other malformed row raises DataError (one line naming file, line and column).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise DataError(f"{path}: cannot read certification file ({reason})") from None
+    lines = text.split("\n")
+    complete_last = lines[-1] == ""  # the text ended with a newline
+    if complete_last:
+        lines.pop()
+    lines = [line.rstrip("\r") for line in lines]
+    if not lines or not lines[0].strip():
+        raise DataError(f"{path}: empty certification file: expected a header line with columns "
+                        f"{', '.join(REQUIRED_COLUMNS)}, time")
+    header = lines[0].split("\t")
+    if len(set(header)) != len(header):
+        duplicated = sorted({c for c in header if header.count(c) > 1})
+        raise DataError(f"{path}: column {duplicated[0]!r} appears twice in the header")
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise DataError(f"{path}: missing column {missing[0]!r}: a certification file needs tab-separated columns "
+                        f"{', '.join(REQUIRED_COLUMNS)} (found {', '.join(header)})")
+
+    kinds = {**_KINDS, **{name: kind for name, (kind, _) in OPTIONAL_COLUMNS.items()}}
+    typed = [c for c in header if c in kinds]
+    records: dict[str, list] = {c: [] for c in header}
+    body = lines[1:]
+    for number, line in enumerate(body, start=2):
+        last = number == len(body) + 1
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            if last and len(fields) < len(header):
+                break  # a row cut short by a killed run
+            raise DataError(f"{path}: line {number} has {len(fields)} fields, the header has {len(header)}")
+        try:
+            values = {}
+            for column in typed:
+                field = fields[header.index(column)]
+                try:
+                    values[column] = _convert(field, kinds[column])
+                except (ValueError, DataError):
+                    raise DataError(f"{path}: line {number}: column {column!r} value {field!r} is not "
+                                    f"{_EXPECTED[kinds[column]]}") from None
+        except DataError:
+            if last and not complete_last:
+                break  # the last row lacks its newline and does not parse: cut mid-write
+            raise
+        for column, field in zip(header, fields):
+            records[column].append(values.get(column, field))
+
+    df = pd.DataFrame({c: records[c] for c in header})
+    for column in header:
+        kind = kinds.get(column)
+        if kind == "int":
+            df[column] = df[column].astype("int64")
+        elif kind in ("float", "time"):
+            df[column] = df[column].astype("float64")
+        elif kind is None:
+            try:
+                df[column] = pd.to_numeric(df[column])
+            except (ValueError, TypeError):
+                pass
+    for column, (kind, default) in OPTIONAL_COLUMNS.items():
+        if column not in df.columns:
+            dtype = {"int": "int64", "float": "float64", "time": "float64"}.get(kind, object)
+            df[column] = pd.Series([default] * len(df), index=df.index, dtype=dtype)
+    bad = df.index[~df["correct"].isin([0, 1])]
+    if len(bad):
+        raise DataError(f"{path}: column 'correct' value {df['correct'][bad[0]]!r} in row {bad[0] + 1} "
+                        f"is not 0 or 1")
+    return df
+
+
+def certified_accuracy(radius, correct, radii: Iterable[float]) -> dict[float, float]:
+    """{r: #{i : correct_i = 1 and radius_i >= r} / N} for each r (ALGORITHMS.md section 5).
+    Abstentions (correct 0) count as wrong. NaN for every r when there are no rows."""
+    radius = np.asarray(radius, dtype=float)
+    correct = np.asarray(correct) == 1
+    n = radius.size
+    return {float(r): (float(np.count_nonzero(correct & (radius >= r)) / n) if n else math.nan) for r in radii}
+
+
+def average_certified_radius(radius, correct) -> float:
+    """ACR = (1/N) * sum_i radius_i * correct_i (ALGORITHMS.md section 5); NaN with no rows."""
+    radius = np.asarray(radius, dtype=float)
+    correct = (np.asarray(correct) == 1).astype(float)
+    return float(np.mean(radius * correct)) if radius.size else math.nan
+
+
+def _none_if_nan(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def summarize(df: pd.DataFrame, radii: Sequence[float]) -> dict:
+    """One run's numbers (ALGORITHMS.md section 5), as plain JSON-ready Python values:
+    rows; acr; certified_accuracy {r: fraction}; clean_accuracy (fraction with correct = 1, i.e. the
+    certified accuracy at r = 0 with abstentions wrong); abstain_rate (fraction with predict = -1);
+    seconds_per_input (mean of time + search_time over rows with a time); sigma_quantiles
+    ({q05, q25, q50, q75, q95} over rows with a finite sigma, else None); guarantee (the rows' label,
+    or "mixed" when they carry several: prefer ``summarize_by_guarantee``).
+    With no rows every fraction is None."""
+    n = int(len(df))
+    labels = sorted(set(df["guarantee"].astype(str))) if "guarantee" in df.columns else ["sound"]
+    if n == 0:
+        return {"rows": 0, "guarantee": labels[0] if len(labels) == 1 else ("mixed" if labels else None),
+                "acr": None, "certified_accuracy": {float(r): None for r in radii}, "clean_accuracy": None,
+                "abstain_rate": None, "seconds_per_input": None, "sigma_quantiles": None}
+    radius = df["radius"].to_numpy(dtype=float)
+    correct = df["correct"].to_numpy()
+    seconds = df["time"].to_numpy(dtype=float) if "time" in df.columns else np.full(n, math.nan)
+    if "search_time" in df.columns:
+        seconds = seconds + np.nan_to_num(df["search_time"].to_numpy(dtype=float), nan=0.0)
+    seconds = seconds[np.isfinite(seconds)]
+    sigma = df["sigma"].to_numpy(dtype=float) if "sigma" in df.columns else np.array([])
+    sigma = sigma[np.isfinite(sigma)]
+    return {
+        "rows": n,
+        "guarantee": labels[0] if len(labels) == 1 else "mixed",
+        "acr": average_certified_radius(radius, correct),
+        "certified_accuracy": certified_accuracy(radius, correct, radii),
+        "clean_accuracy": float(np.mean(correct == 1)),
+        "abstain_rate": float(np.mean(df["predict"].to_numpy() == ABSTAIN)),
+        "seconds_per_input": float(np.mean(seconds)) if seconds.size else None,
+        "sigma_quantiles": ({key: float(np.quantile(sigma, q)) for key, q in SIGMA_QUANTILES.items()}
+                            if sigma.size else None),
+    }
+
+
+def summarize_by_guarantee(df: pd.DataFrame, radii: Sequence[float]) -> dict[str, dict]:
+    """{guarantee label: summarize(rows with that label)}, labels sorted; never pools two labels
+    (ALGORITHMS.md section 3). A frame without a guarantee column is all ``sound`` (Cohen et al.)."""
+    if "guarantee" not in df.columns:
+        df = df.assign(guarantee="sound")
+    labels = df["guarantee"].astype(str)
+    return {label: summarize(df[labels == label], radii) for label in sorted(set(labels))}
+
+
+def _fmt(value) -> str:
+    value = _none_if_nan(value)
+    return "-" if value is None else f"{float(value):.3f}"
+
+
+def markdown_table(summaries: dict[str, dict], radii: Sequence[float], label_header: str = "run") -> str:
+    """A markdown table with one row per (run label, guarantee): run | guarantee | rows | ACR |
+    acc@r for each r | abstain; numbers to 3 decimals, "-" where undefined.
+    ``summaries`` maps a run label to ``summarize_by_guarantee``'s result ({guarantee: summary}),
+    or to a single ``summarize`` result."""
+    head = [label_header, "guarantee", "rows", "ACR", *(f"acc@{float(r):g}" for r in radii), "abstain"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    for label, value in summaries.items():
+        per_guarantee = {value.get("guarantee") or "-": value} if "rows" in value else value
+        for guarantee, s in per_guarantee.items():
+            acc = s.get("certified_accuracy") or {}
+            lookup = {round(float(k), 9): v for k, v in acc.items()}
+            cells = [str(label), str(guarantee), str(int(s["rows"])), _fmt(s.get("acr")),
+                     *(_fmt(lookup.get(round(float(r), 9))) for r in radii), _fmt(s.get("abstain_rate"))]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def certified_accuracy_curve(df: pd.DataFrame, max_radius: float | None = None,
+                             points: int = 200) -> tuple[list[float], list[float]]:
+    """Certified accuracy on a fine grid: ``points`` radii evenly spaced on [0, max_radius], and the
+    fraction of rows with correct = 1 and radius >= r at each (ALGORITHMS.md section 5).
+    Default max_radius: 1.05 times the largest radius of a correct row (1.0 when there is none),
+    so the curve reaches its final value inside the plot."""
+    radius = df["radius"].to_numpy(dtype=float)
+    correct = df["correct"].to_numpy()
+    if max_radius is None:
+        certified = radius[(correct == 1) & np.isfinite(radius)]
+        top = float(certified.max()) if certified.size else 0.0
+        max_radius = 1.05 * top if top > 0 else 1.0
+    grid = np.linspace(0.0, float(max_radius), int(points))
+    acc = certified_accuracy(radius, correct, grid)
+    return [float(r) for r in grid], [float(acc[float(r)]) for r in grid]
+
+
+def _save_atomic(fig, path: str | Path) -> None:
+    """Render with the Agg canvas (no pyplot, no global backend) to a temporary file, then rename."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def plot_certified_accuracy(curves: dict[str, tuple[list[float], list[float]]], path: str | Path,
+                            title: str | None = None) -> None:
+    """Write a PNG of certified accuracy (y) against radius (x), one step curve per entry of
+    ``curves`` ({legend label: (radii, accuracies)}, e.g. from ``certified_accuracy_curve``); callers
+    put the guarantee label in the legend label. Written atomically (temporary file + os.replace)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for label, (radii, acc) in curves.items():
+        ax.plot(radii, acc, drawstyle="steps-post", label=str(label))
+    ax.set_xlabel("radius (L2)")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(loc="upper right", fontsize="small")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    _save_atomic(fig, path)
+
+
+def plot_sigma_histogram(sigmas, path: str | Path, title: str | None = None) -> None:
+    """Write a PNG histogram of the per-input sigmas (finite, positive values); the x axis is
+    logarithmic with log-spaced bins when max/min > 4, linear otherwise. Written atomically."""
+    from matplotlib.figure import Figure
+
+    values = np.asarray([s for s in sigmas if s is not None], dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    if values.size == 0:
+        ax.text(0.5, 0.5, "no finite sigma", ha="center", va="center", transform=ax.transAxes)
+    elif values.max() / values.min() > 4:
+        ax.hist(values, bins=np.geomspace(values.min(), values.max(), 31))
+        ax.set_xscale("log")
+    else:
+        ax.hist(values, bins=30)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("sigma")
+    ax.set_ylabel("inputs")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    _save_atomic(fig, path)

@@ -1,0 +1,99 @@
+"""Tables and curves for certification files, ours or Cohen et al.'s released ones.
+
+    python -m insta_rs.analyze FILE.tsv [FILE2.tsv ...] [--radii 0,0.25,...] [--dataset imagenet] [--out DIR]
+
+Prints a markdown table with one row per (file, guarantee label): rows, ACR, certified accuracy
+at each radius of the grid, abstain rate (ALGORITHMS.md section 5). Rows of different guarantee
+labels are never pooled. A file is labelled by its stem, or by its folder's name when the stem is
+``certify`` (the name certify.py writes). The grid is ``--radii`` if given, else the standard grid
+of ``--dataset`` (ImageNet's for imagenet*, CIFAR-10's otherwise). With ``--out DIR`` also writes
+DIR/table.md and DIR/certified_accuracy.png (one curve per file and guarantee).
+A missing or malformed file: one line on stderr, exit code 1; a bad option value: exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import analysis
+from .errors import ConfigError, InstaRSError
+
+
+def parse_radii(text: str) -> tuple[float, ...]:
+    """``"0,0.25,0.5"`` -> (0.0, 0.25, 0.5); ConfigError unless a non-empty list of numbers >= 0."""
+    try:
+        radii = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        radii = ()
+    if not radii or any(not (r >= 0) or r == float("inf") for r in radii):
+        raise ConfigError(f"--radii={text!r} is invalid: expected comma-separated radii >= 0, e.g. 0,0.25,0.5")
+    return radii
+
+
+def run_labels(paths: list[Path]) -> list[str]:
+    """A label per file: its stem (the name less a ``.tsv``/``.txt`` extension, so Cohen et al.'s
+    ``sigma_0.25`` stays whole), or its folder's name when the stem is ``certify``; repeated labels
+    get a suffix `` #2``, `` #3``, ... in the order given."""
+    labels, seen = [], {}
+    for path in paths:
+        stem = path.stem if path.suffix.lower() in (".tsv", ".txt") else path.name
+        base = (path.resolve().parent.name or stem) if stem == "certify" else stem
+        seen[base] = seen.get(base, 0) + 1
+        labels.append(base if seen[base] == 1 else f"{base} #{seen[base]}")
+    return labels
+
+
+def analyze(paths: list[str | Path], radii: tuple[float, ...], out: str | Path | None = None) -> str:
+    """Read every file, return the markdown table; with ``out``, also write table.md and
+    certified_accuracy.png there (the curves share one radius range)."""
+    paths = [Path(p) for p in paths]
+    frames = {label: analysis.read_certification(p) for label, p in zip(run_labels(paths), paths)}
+    summaries = {label: analysis.summarize_by_guarantee(df, radii) for label, df in frames.items()}
+    table = analysis.markdown_table(summaries, radii)
+    if out is not None:
+        from .tracking import write_text_atomic
+
+        out = Path(out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"--out={str(out)!r} cannot be created ({error.strerror}): expected a writable folder") from None
+        top = max((float(df.loc[df["correct"] == 1, "radius"].max()) for df in frames.values()
+                   if (df["correct"] == 1).any()), default=0.0)
+        max_radius = 1.05 * top if top > 0 else 1.0
+        curves = {}
+        for label, df in frames.items():
+            for guarantee in summaries[label]:
+                subset = df[df["guarantee"].astype(str) == guarantee]
+                curves[f"{label} ({guarantee})"] = analysis.certified_accuracy_curve(subset, max_radius=max_radius)
+        write_text_atomic(out / "table.md", table)
+        analysis.plot_certified_accuracy(curves, out / "certified_accuracy.png", title="Certified accuracy")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit code (0, or the InstaRSError's: 1 data, 2 configuration)."""
+    parser = argparse.ArgumentParser(prog="python -m insta_rs.analyze",
+                                     description="Certified accuracy and ACR tables for certification TSV files.")
+    parser.add_argument("files", nargs="+", metavar="FILE.tsv", help="certification files (ALGORITHMS.md section 6)")
+    parser.add_argument("--radii", default=None, help="comma-separated radius grid, e.g. 0,0.25,0.5")
+    parser.add_argument("--dataset", default=None,
+                        help="standard grid for this data set: imagenet* -> 0,0.5,...,3.5, else 0,0.25,...,2.25")
+    parser.add_argument("--out", default=None, metavar="DIR", help="write table.md and certified_accuracy.png here")
+    args = parser.parse_args(argv)
+    try:
+        radii = parse_radii(args.radii) if args.radii is not None else analysis.radius_grid(args.dataset)
+        table = analyze(args.files, radii, args.out)
+    except InstaRSError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return error.exit_code
+    print(table, end="")
+    if args.out is not None:
+        print(f"wrote table.md and certified_accuracy.png in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

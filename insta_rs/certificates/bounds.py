@@ -1,0 +1,71 @@
+"""Confidence bounds and certified radii: the statistics of randomized smoothing.
+
+Pure functions over plain numbers, each a one-liner over scipy so it can be checked by eye.
+ALGORITHMS.md section 1 (Cohen et al. 2019) defines them; SOUND.md the instance-wise variants.
+
+Honesty rule: every function here errs on the side of a *smaller* radius. Radii written to
+files are rounded down (``floor_to``), never to the nearest value, so a printed radius is never
+larger than the one the bound supports.
+"""
+
+from __future__ import annotations
+
+import math
+
+from scipy.stats import beta, binomtest, norm
+
+from ..errors import check
+
+ABSTAIN = -1
+"""The class index a smoothed classifier returns when it abstains."""
+
+
+def check_alpha(alpha: float, setting: str = "certify.alpha") -> None:
+    check(isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0, setting, alpha, "a number in (0, 1), e.g. 0.001")
+
+
+def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
+    """One-sided (1 - alpha) Clopper-Pearson lower bound on a binomial proportion.
+
+    Equals the alpha-quantile of Beta(k, n - k + 1); 0 when k = 0 (ALGORITHMS.md 1, step 3).
+    """
+    _check_counts(successes, trials)
+    if successes == 0:
+        return 0.0
+    return float(beta.ppf(alpha, successes, trials - successes + 1))
+
+
+def clopper_pearson_upper(successes: int, trials: int, alpha: float) -> float:
+    """One-sided (1 - alpha) Clopper-Pearson upper bound: the (1 - alpha)-quantile of Beta(k + 1, n - k); 1 when k = n."""
+    _check_counts(successes, trials)
+    if successes == trials:
+        return 1.0
+    return float(beta.ppf(1.0 - alpha, successes + 1, trials - successes))
+
+
+def cohen_radius(sigma: float, p_lower: float) -> float:
+    """Certified L2 radius sigma * PhiInv(pA_lower) of Cohen et al.; 0 when pA_lower <= 1/2 (abstain)."""
+    if not p_lower > 0.5:
+        return 0.0
+    return float(sigma * norm.ppf(p_lower))
+
+
+def predict_is_confident(top_count: int, runner_up_count: int, alpha: float) -> bool:
+    """PREDICT's test: the two-sided binomial test of c1 out of c1 + c2 at p = 1/2 has p-value <= alpha."""
+    total = top_count + runner_up_count
+    if total == 0:
+        return False
+    return binomtest(top_count, total, 0.5).pvalue <= alpha
+
+
+def floor_to(value: float, decimals: int = 6) -> float:
+    """Round down to ``decimals`` places, so a rounded radius or lower bound never exceeds the exact one."""
+    if not math.isfinite(value):
+        return value
+    scale = 10**decimals
+    return math.floor(value * scale) / scale
+
+
+def _check_counts(successes: int, trials: int) -> None:
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"binomial counts out of range: successes={successes}, trials={trials}")

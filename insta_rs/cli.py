@@ -1,0 +1,59 @@
+"""What the entry points (train.py, certify.py, ``python -m insta_rs.*``) share: turning a user error
+into one line on stderr and the exit code of INTERFACE.md (2 for configuration, 1 otherwise), and
+checking config-group choices before Hydra composes them (Hydra's own message spans many lines).
+This module reads the conf/ folder as files; it does not import Hydra.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, InstaRSError
+
+
+def fail(error: BaseException, code: int) -> None:
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def user_errors(fn):
+    """Decorator for a task function: InstaRSError -> its one line and exit code; OmegaConf errors
+    (a missing mandatory value, a bad interpolation) -> one line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from omegaconf.errors import OmegaConfBaseException
+
+        try:
+            return fn(*args, **kwargs)
+        except InstaRSError as error:
+            fail(error, error.exit_code)
+        except OmegaConfBaseException as error:
+            fail(ConfigError(str(error).splitlines()[0]), 2)
+        except KeyboardInterrupt:
+            print("interrupted: rerun the same command to resume", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper
+
+
+def check_group_choices(argv: list[str], conf_dir: str | Path) -> None:
+    """Exit 2 with one line when an override ``group=choice`` names a choice that conf/<group>/ lacks."""
+    conf_dir = Path(conf_dir)
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        group_dir = conf_dir / key
+        if key.startswith("hydra/"):
+            group_dir = None  # Hydra's own groups (launchers, sweepers) come from plugins
+        if group_dir is None or not group_dir.is_dir() or value in ("null", ""):
+            continue
+        choices = sorted(p.stem for p in group_dir.glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in choices:
+                fail(ConfigError(f"{key}={choice!r} is not a known choice: expected one of {', '.join(choices)}"), 2)

@@ -1,0 +1,78 @@
+"""The interface every sigma-selection method implements, and the simplest one.
+
+A method certifies one input and returns a ``RowResult``: the answer, its radius, the sigma used and
+the guarantee the radius carries (ALGORITHMS.md section 3: ``sound``, ``instance`` or ``memory``).
+Before the first row, ``certify.py`` calls ``prepare(context)`` once, giving the method what it may
+need beyond the input (the training data, the device, the trained run's config).
+``FixedSigma`` is Cohen et al.'s single global sigma (ALGORITHMS.md section 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..smoothing import Smooth, check_certify_settings
+
+
+@dataclass
+class RowResult:
+    """One certified input. predict is ABSTAIN (-1) with radius 0 when the method abstains.
+    search_draws/search_time: noise draws and seconds spent choosing sigma (0 for a fixed sigma).
+    extra: method-specific columns (e.g. the chosen level and what limited the radius)."""
+
+    predict: int
+    radius: float
+    sigma: float
+    p_lower: float
+    guarantee: str
+    search_time: float = 0.0
+    search_draws: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class SearchContext:
+    """What a method may use besides the input: the data source (its ``split("train")`` for methods
+    that look at training inputs), the number of classes, the device, the trained run's resolved
+    config, and the path of the classifier's checkpoint."""
+
+    source: Any = None
+    num_classes: int = 0
+    device: torch.device | str = "cpu"
+    trained_config: dict = field(default_factory=dict)
+    ckpt_path: str | None = None
+
+
+class SigmaMethod:
+    """Base class. ``extra_columns`` are method-specific TSV columns (after the standard ones), filled
+    from ``RowResult.extra``; ``guarantee`` labels every row the method writes."""
+
+    name = "base"
+    guarantee = "sound"
+    extra_columns: tuple[str, ...] = ()
+
+    def prepare(self, context: SearchContext) -> None:
+        """Called once before the first row. Default: nothing to prepare."""
+
+    def certify(self, smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: float,
+                generator: torch.Generator) -> RowResult:
+        raise NotImplementedError
+
+
+class FixedSigma(SigmaMethod):
+    """One sigma for every input: CERTIFY of ALGORITHMS.md 1. Guarantee ``sound``."""
+
+    name = "fixed"
+    guarantee = "sound"
+
+    def __init__(self, sigma: float):
+        check_certify_settings(sigma, 1, 1, 0.5)
+        self.sigma = float(sigma)
+
+    def certify(self, smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: float,
+                generator: torch.Generator) -> RowResult:
+        cert = smooth.certify(x, self.sigma, n0, n, alpha, generator)
+        return RowResult(cert.predict, cert.radius, self.sigma, cert.p_lower, self.guarantee)
