@@ -88,7 +88,9 @@ def certify(cfg: DictConfig) -> dict:
     selected = list(range(0, len(dataset), c.skip))
     if c.max is not None:
         selected = selected[: c.max]
-    check(len(selected) > 0, "certify.skip", c.skip, f"a value that selects at least one of the {len(dataset)} inputs")
+    check(len(dataset) > 0, "certify.split", c.split, "a split with at least one input")
+    check(c.skip <= max(1, len(dataset)), "certify.skip", c.skip,
+          f"at most the split's size ({len(dataset)} inputs); a larger skip selects only input 0")
 
     settings = {
         "checkpoint_sha256": file_digest(cfg.ckpt_path),

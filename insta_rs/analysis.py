@@ -354,3 +354,60 @@ def plot_sigma_histogram(sigmas, path: str | Path, title: str | None = None) -> 
         ax.set_title(title)
     fig.tight_layout()
     _save_atomic(fig, path)
+
+
+# ------------------------------------------------------------------------------------------- comparison
+
+GUARANTEE_ORDER = ("sound", "memory", "instance")
+
+
+def _guarantee_rank(label: str) -> tuple[int, str]:
+    return (GUARANTEE_ORDER.index(label) if label in GUARANTEE_ORDER else len(GUARANTEE_ORDER), label)
+
+
+def comparison_table(runs: Sequence[tuple[str, pd.DataFrame]], radii: Sequence[float]) -> pd.DataFrame:
+    """One row per (run, guarantee label) for several runs (ALGORITHMS.md sections 3 and 5): columns run,
+    guarantee, rows, acr, ``acc@r`` for each r of ``radii``, clean_accuracy, abstain_rate, seconds_per_input,
+    each from ``summarize_by_guarantee`` of that run's frame (so the numbers are ``analyze``'s).
+    ``runs``: (label, certification frame) pairs. Rows are ordered by guarantee (sound, memory, instance,
+    then any other label), then in the order given, so rows of one guarantee stand together and a row never
+    sits among rows of another guarantee without its label. Fractions are None where undefined."""
+    records = []
+    for position, (label, frame) in enumerate(runs):
+        for guarantee, s in summarize_by_guarantee(frame, radii).items():
+            acc = {round(float(r), 9): v for r, v in (s["certified_accuracy"] or {}).items()}
+            records.append({
+                "run": label, "guarantee": guarantee, "rows": int(s["rows"]), "acr": s["acr"],
+                **{f"acc@{float(r):g}": acc.get(round(float(r), 9)) for r in radii},
+                "clean_accuracy": s["clean_accuracy"], "abstain_rate": s["abstain_rate"],
+                "seconds_per_input": s["seconds_per_input"], "_order": (_guarantee_rank(guarantee), position),
+            })
+    columns = ["run", "guarantee", "rows", "acr", *(f"acc@{float(r):g}" for r in radii), "clean_accuracy",
+               "abstain_rate", "seconds_per_input"]
+    records.sort(key=lambda record: record.pop("_order"))
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def _fmt_seconds(value) -> str:
+    value = _none_if_nan(value)
+    return "-" if value is None else f"{float(value):.3g}"
+
+
+def comparison_markdown(table: pd.DataFrame, radii: Sequence[float]) -> str:
+    """``comparison_table`` as markdown: run | guarantee | rows | ACR | acc@r ... | clean acc | abstain |
+    s/input, fractions to 3 decimals, seconds to 3 significant digits, "-" where undefined. When the rows
+    carry more than one guarantee label, a note under the table says they are not to be ranked together."""
+    acc_columns = [f"acc@{float(r):g}" for r in radii]
+    head = ["run", "guarantee", "rows", "ACR", *acc_columns, "clean acc", "abstain", "s/input"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    for row in table.to_dict("records"):
+        cells = [str(row["run"]).replace("|", "\\|"), str(row["guarantee"]), str(int(row["rows"])), _fmt(row["acr"]),
+                 *(_fmt(row[c]) for c in acc_columns), _fmt(row["clean_accuracy"]), _fmt(row["abstain_rate"]),
+                 _fmt_seconds(row["seconds_per_input"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    labels = sorted(set(table["guarantee"].astype(str)), key=_guarantee_rank)
+    if len(labels) > 1:
+        text += (f"\nGuarantees differ between rows ({', '.join(labels)}): rows are grouped by guarantee; compare "
+                 f"numbers only within one (README, Guarantees).\n")
+    return text

@@ -31,13 +31,30 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except InstaRSError as error:
             fail(error, error.exit_code)
-        except OmegaConfBaseException as error:
-            fail(ConfigError(str(error).splitlines()[0]), 2)
         except KeyboardInterrupt:
             print("interrupted: rerun the same command to resume", file=sys.stderr)
             sys.exit(130)
+        except Exception as error:
+            cause = user_error_cause(error)
+            if cause is not None:
+                fail(cause, cause.exit_code)
+            if isinstance(error, OmegaConfBaseException):
+                fail(ConfigError(str(error).splitlines()[0]), 2)
+            raise
 
     return wrapper
+
+
+def user_error_cause(error: BaseException) -> InstaRSError | None:
+    """The InstaRSError behind ``error``, if any: Hydra's ``instantiate`` wraps what a constructor
+    raises in its own InstantiationException, and the user still deserves the one-line message."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, InstaRSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def check_group_choices(argv: list[str], conf_dir: str | Path) -> None:

@@ -2,15 +2,31 @@
 
 ``Smooth`` wraps a base classifier f. The smoothed classifier at noise level sigma is
 g(x) = argmax_c P[f(x + sigma * e) = c], e ~ N(0, I), with inputs in [0, 1] pixel units.
-Noise is drawn in fixed-size chunks on the model's device, always in float32 (even when the model
-runs under autocast), and classes are counted on the device with ``bincount``.
-Several inputs, each with its own sigma, can share one forward pass (``sample_counts`` takes a
-batch of inputs and a per-row sigma): the sigma search and batched certification rely on it.
+Noise is drawn on the model's device, always in float32 (even when the model runs under autocast),
+and classes are counted on the device with ``bincount``.
+
+How the draws are made (the same on every path, so nothing here changes the statistics):
+
+- Every request for ``num`` draws of one input from a generator is served by ``normal_`` calls of
+  exactly ``NOISE_BLOCK`` draws each (the last one: the remainder), in order. The noise an input gets
+  therefore depends only on the generator's state and ``num``: not on ``batch_size``, not on which other
+  inputs share its forward passes, not on where chunks are cut, and not on ``channels_last``.
+- The noisy input is ``x + (sigma * e)`` in float32 (sigma rounded to float32), as one multiply then one add.
+- Several requests (inputs, each with its own sigma, and CERTIFY's selection and estimation draws) are
+  packed back to back into chunks of ``batch_size`` draws; every forward pass has exactly ``batch_size``
+  inputs (the last chunk is padded and its padding is not counted). A draw's prediction is then a
+  function of its noisy input and ``batch_size`` alone, so with the same seed and ``batch_size`` the
+  counts are identical whether inputs are certified one at a time or together (``certify_batch``), and a
+  compiled model (``compile=True``) sees one shape and compiles once. Another ``batch_size`` draws the
+  same noise; the model's floating-point result may then differ in its last bits (kernels depend on the
+  batch shape), which can only matter for a draw whose top two logits tie to rounding.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +40,12 @@ from .certificates import (
     cohen_radius,
     predict_is_confident,
 )
-from .errors import check
+from .errors import ConfigError, check
+
+NOISE_BLOCK = 64
+"""Draws per ``normal_`` call. Part of the definition of the noise stream: changing it changes every row."""
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -55,12 +76,64 @@ def row_generator(seed: int, idx: int, device: torch.device | str = "cpu") -> to
     return gen
 
 
+def autocast_dtype_of(value) -> torch.dtype | None:
+    """null | bf16 | fp16 (or a torch dtype) -> the autocast dtype; ConfigError for anything else."""
+    if value is None or isinstance(value, torch.dtype) and value in (torch.bfloat16, torch.float16):
+        return value
+    if isinstance(value, str) and value.lower() in AUTOCAST_DTYPES:
+        return AUTOCAST_DTYPES[value.lower()]
+    raise ConfigError(f"certify.autocast={value!r} is invalid: expected null (float32), bf16 or fp16")
+
+
+class _Request:
+    """``num`` draws of one input x at one sigma from ``generator``, counted into ``counts`` (a view)."""
+
+    __slots__ = ("x", "sigma", "num", "generator", "counts", "drawn", "pending")
+
+    def __init__(self, x: torch.Tensor, sigma: torch.Tensor, num: int, generator, counts: torch.Tensor):
+        self.x, self.sigma, self.num, self.generator, self.counts = x, sigma, num, generator, counts
+        self.drawn = 0          # draws generated so far (whole blocks)
+        self.pending = None     # generated but not yet used draws of the last block (a view of the staging buffer)
+
+    def fill(self, out: torch.Tensor, staging: torch.Tensor) -> None:
+        """Write this request's next ``len(out)`` noise draws into ``out``, block by block (NOISE_BLOCK)."""
+        want, filled = out.shape[0], 0
+        if self.pending is not None:
+            take = min(self.pending.shape[0], want)
+            out[:take].copy_(self.pending[:take])
+            self.pending = self.pending[take:] if take < self.pending.shape[0] else None
+            filled = take
+        while filled < want:
+            size = min(NOISE_BLOCK, self.num - self.drawn)
+            self.drawn += size
+            if want - filled >= size:
+                out[filled:filled + size].normal_(generator=self.generator)
+                filled += size
+            else:  # the block straddles the end of the chunk: keep its tail for the next chunk
+                block = staging[:size]
+                block.normal_(generator=self.generator)
+                take = want - filled
+                out[filled:].copy_(block[:take])
+                self.pending = block[take:]
+                filled = want
+
+
 class Smooth:
     """A smoothed classifier around ``base_classifier`` (Cohen, Rosenfeld & Kolter 2019).
 
     ``certify`` returns a sound L2 certificate of g_sigma at x (guarantee ``sound``: it holds with
     probability >= 1 - alpha over the noise). ``predict`` returns g_sigma(x) or ABSTAIN, wrong with
     probability at most alpha. ``batch_size`` is the number of noisy images per forward pass.
+
+    Speed options (none changes how the noise is drawn; see the module docstring):
+    autocast_dtype: None (float32), torch.bfloat16/torch.float16 or "bf16"/"fp16": run the base model
+        under autocast; the noise is still drawn and added in float32. The counts are then those of the
+        model evaluated in low precision, which can differ from float32 near decision boundaries.
+    channels_last: convert the model (in place) and every chunk to channels_last (faster convolutions
+        on CPU and on GPUs; the model's result may differ from float32 NCHW in its last bits).
+    compile: run the model through ``torch.compile`` (one static chunk shape, compiled on first use).
+    phase_seconds: set to a dict to accumulate wall seconds per phase (noise, shift, forward, count) of
+        every chunk; it synchronizes CUDA after each phase, so leave it None when speed matters.
     """
 
     def __init__(
@@ -69,14 +142,25 @@ class Smooth:
         num_classes: int,
         batch_size: int = 1000,
         device: torch.device | str | None = None,
-        autocast_dtype: torch.dtype | None = None,
+        autocast_dtype: torch.dtype | str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ):
-        check(isinstance(batch_size, int) and batch_size >= 1, "certify.batch_size", batch_size, "an integer >= 1")
+        check(isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1,
+              "certify.batch_size", batch_size, "an integer >= 1")
+        check(isinstance(channels_last, bool), "certify.channels_last", channels_last, "true or false")
+        check(isinstance(compile, bool), "certify.compile", compile, "true or false")
         self.base_classifier = base_classifier.eval()
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.device = torch.device(device) if device is not None else _module_device(base_classifier)
-        self.autocast_dtype = autocast_dtype
+        self.autocast_dtype = autocast_dtype_of(autocast_dtype)
+        self.channels_last = channels_last
+        if channels_last:
+            self.base_classifier.to(memory_format=torch.channels_last)
+        self.compile = compile
+        self._forward_module = torch.compile(self.base_classifier, dynamic=False) if compile else self.base_classifier
+        self.phase_seconds: dict[str, float] | None = None
 
     @torch.inference_mode()
     def sample_counts(
@@ -89,6 +173,7 @@ class Smooth:
         """Class counts of f(x_b + sigma_b * e) over ``num`` draws for each input of the batch.
 
         x: (B, C, H, W) or one (C, H, W) image; sigma: a float or a (B,) tensor (one sigma per input).
+        The inputs' draws come from ``generator`` one input after the other and share forward passes.
         Returns a (B, num_classes) int64 tensor on the model's device, or (num_classes,) for one image.
         """
         single = x.dim() == 3
@@ -96,18 +181,9 @@ class Smooth:
             x = x.unsqueeze(0)
         x = x.to(self.device, torch.float32)
         rows = x.shape[0]
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=self.device).reshape(-1).expand(rows)
-        counts = torch.zeros(rows * self.num_classes, dtype=torch.long, device=self.device)
-        total = rows * num
-        for start in range(0, total, self.batch_size):
-            stop = min(start + self.batch_size, total)
-            owner = torch.arange(start, stop, device=self.device) // num
-            noise = torch.randn((stop - start, *x.shape[1:]), generator=generator, device=self.device, dtype=torch.float32)
-            noisy = x[owner] + noise * sigma[owner].view(-1, 1, 1, 1)
-            with self._autocast():
-                predictions = self.base_classifier(noisy).argmax(dim=1)
-            counts += torch.bincount(owner * self.num_classes + predictions, minlength=rows * self.num_classes)
-        counts = counts.view(rows, self.num_classes)
+        sigma = torch.as_tensor(sigma, dtype=torch.float32).to(self.device).reshape(-1).expand(rows)
+        counts = torch.zeros(rows, self.num_classes, dtype=torch.long, device=self.device)
+        self._count([_Request(x[b], sigma[b], num, generator, counts[b]) for b in range(rows)], x.shape[1:])
         return counts[0] if single else counts
 
     def certify(
@@ -121,15 +197,55 @@ class Smooth:
     ) -> Certificate:
         """CERTIFY(f, sigma, x, n0, n, alpha) of ALGORITHMS.md 1: select the class with n0 draws, bound its
         probability with n fresh draws. Sound with probability >= 1 - alpha."""
-        check_certify_settings(sigma, n0, n, alpha)
-        selection = self.sample_counts(x, sigma, n0, generator)
-        candidate = int(selection.argmax())
-        estimation = self.sample_counts(x, sigma, n, generator)
-        count = int(estimation[candidate])
-        p_lower = clopper_pearson_lower(count, n, alpha)
-        if p_lower < 0.5:
-            return Certificate(ABSTAIN, 0.0, p_lower, count, n, float(sigma))
-        return Certificate(candidate, cohen_radius(sigma, p_lower), p_lower, count, n, float(sigma))
+        return self.certify_batch(x.unsqueeze(0), [sigma], n0, n, alpha, [generator])[0]
+
+    @torch.inference_mode()
+    def certify_batch(
+        self,
+        xs: torch.Tensor | Sequence[torch.Tensor],
+        sigmas: Sequence[float] | float,
+        n0: int,
+        n: int,
+        alpha: float,
+        generators: Sequence[torch.Generator | None],
+    ) -> list[Certificate]:
+        """CERTIFY (ALGORITHMS.md 1) of several inputs at once, each with its own sigma and generator.
+
+        Row i's result equals ``certify(xs[i], sigmas[i], n0, n, alpha, generators[i])``: its n0 selection
+        draws, then its n estimation draws, come from ``generators[i]`` alone. The rows only share forward
+        passes, so a row's certificate does not depend on the other rows. Each is sound with probability
+        >= 1 - alpha. (Selection and estimation draws of a row can share a forward pass because the
+        estimation counts are kept for every class and read at the candidate afterwards.)
+        """
+        xs = torch.stack(list(xs)) if not isinstance(xs, torch.Tensor) else xs
+        rows = xs.shape[0]
+        sigmas = [float(sigmas)] * rows if isinstance(sigmas, (int, float)) else [float(s) for s in sigmas]
+        generators = list(generators)
+        check(len(sigmas) == rows and len(generators) == rows, "sigmas", len(sigmas),
+              f"one sigma and one generator per input ({rows} inputs, {len(generators)} generators)")
+        for sigma in sigmas:
+            check_certify_settings(sigma, n0, n, alpha)
+        if rows == 0:
+            return []
+        xs = xs.to(self.device, torch.float32)
+        sigma_t = torch.tensor(sigmas, dtype=torch.float32).to(self.device)
+        selection = torch.zeros(rows, self.num_classes, dtype=torch.long, device=self.device)
+        estimation = torch.zeros(rows, self.num_classes, dtype=torch.long, device=self.device)
+        requests = []
+        for i in range(rows):
+            requests.append(_Request(xs[i], sigma_t[i], n0, generators[i], selection[i]))
+            requests.append(_Request(xs[i], sigma_t[i], n, generators[i], estimation[i]))
+        self._count(requests, xs.shape[1:])
+        candidates = selection.argmax(dim=1)
+        counts = estimation.gather(1, candidates.view(-1, 1)).view(-1).tolist()
+        results = []
+        for candidate, count, sigma in zip(candidates.tolist(), counts, sigmas):
+            p_lower = clopper_pearson_lower(count, n, alpha)
+            if p_lower < 0.5:
+                results.append(Certificate(ABSTAIN, 0.0, p_lower, count, n, sigma))
+            else:
+                results.append(Certificate(candidate, cohen_radius(sigma, p_lower), p_lower, count, n, sigma))
+        return results
 
     def predict(
         self,
@@ -146,6 +262,73 @@ class Smooth:
         top2 = counts.topk(2)
         c1, c2 = int(top2.values[0]), int(top2.values[1])
         return int(top2.indices[0]) if predict_is_confident(c1, c2, alpha) else ABSTAIN
+
+    # -- the sampling loop ----------------------------------------------------------------------------
+
+    def _count(self, requests: list[_Request], shape: torch.Size) -> None:
+        """Serve the requests in order, ``batch_size`` draws per forward pass, adding into their counts."""
+        requests = [r for r in requests if r.num > 0]
+        if not requests:
+            return
+        size, device, classes = self.batch_size, self.device, self.num_classes
+        chunk = torch.empty((size, *shape), dtype=torch.float32, device=device)
+        # a block that straddles two chunks is drawn here first (its tail waits for the next chunk)
+        staging = torch.empty((min(NOISE_BLOCK, max(r.num for r in requests)), *shape), dtype=torch.float32,
+                              device=device)
+        model_input = chunk
+        if self.channels_last and len(shape) == 3:
+            model_input = torch.empty_like(chunk, memory_format=torch.channels_last)
+        timing = self.phase_seconds
+        clock = self._clock if timing is not None else None
+        current, offset = 0, 0
+        while current < len(requests):
+            # which draws of which requests go into this chunk
+            segments, used = [], 0
+            while used < size and current < len(requests):
+                request = requests[current]
+                take = min(size - used, request.num - offset)
+                segments.append((request, used, take))
+                used += take
+                offset += take
+                if offset == request.num:
+                    current, offset = current + 1, 0
+            if clock:
+                start = clock()
+            for request, at, take in segments:
+                request.fill(chunk[at:at + take], staging)
+            if used < size:  # only the last chunk: pad with zeros (finite), whose predictions are not counted
+                chunk[used:].zero_()
+            if clock:
+                start = self._tick(timing, "noise", start)
+            for request, at, take in segments:
+                chunk[at:at + take].mul_(request.sigma).add_(request.x)
+            if model_input is not chunk:
+                model_input.copy_(chunk)
+            if clock:
+                start = self._tick(timing, "shift", start)
+            with self._autocast():
+                logits = self._forward_module(model_input)
+            predictions = logits.argmax(dim=1)
+            if clock:
+                start = self._tick(timing, "forward", start)
+            if len(segments) == 1:
+                request, at, take = segments[0]
+                request.counts += torch.bincount(predictions[at:at + take], minlength=classes)
+            else:
+                for request, at, take in segments:
+                    request.counts += torch.bincount(predictions[at:at + take], minlength=classes)
+            if clock:
+                self._tick(timing, "count", start)
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _tick(self, timing: dict, phase: str, start: float) -> float:
+        now = self._clock()
+        timing[phase] = timing.get(phase, 0.0) + now - start
+        return now
 
     def _autocast(self):
         if self.autocast_dtype is None:

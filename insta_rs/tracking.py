@@ -151,13 +151,18 @@ def log_certification_to_wandb(run_dir: str | Path, summary: dict, curve: tuple[
     """Log a certification run to W&B under stable names (``cert/acr``, ``cert/acc@0.25``, ...): ACR and
     certified accuracy at each grid radius as scalars, the
     certified-accuracy curve as a line plot, and the per-input sigma histogram. Offline by default
-    (the run lands under ``run_dir/wandb``; ``wandb sync`` uploads it later)."""
+    (the run lands under ``run_dir/wandb``; ``wandb sync`` uploads it later). The run carries ``config``
+    (the resolved certification config) and its ``tags``, job type ``certify``, and ``group`` (conf/logger/
+    wandb.yaml: the experiment, and the sweep for a multirun job). The same table key ``cert/curve`` in every
+    run lets a dashboard chart overlay the runs; ``python -m insta_rs.compare --wandb`` logs one chart with one
+    series per run configuration."""
     if mode == "disabled":
         return
     import wandb
 
+    tags = config.get("tags") if isinstance(config, dict) else None
     run = wandb.init(dir=str(run_dir), mode=mode, project=project, group=group, name=name, job_type="certify",
-                     config=config, reinit="finish_previous")
+                     config=config, tags=list(tags) if tags else None, reinit="finish_previous")
     try:
         scalars = {"cert/acr": summary["acr"], "cert/clean_accuracy": summary["clean_accuracy"],
                    "cert/abstain_rate": summary["abstain_rate"]}
@@ -173,3 +178,44 @@ def log_certification_to_wandb(run_dir: str | Path, summary: dict, curve: tuple[
         run.summary.update({k: v for k, v in scalars.items() if isinstance(v, (int, float))})
     finally:
         run.finish()
+
+
+SWEEP_SUFFIX_ENV = "INSTA_RS_SWEEP_SUFFIX"
+
+
+def sweep_suffix(mode, sweep_dir) -> str:
+    """``"/<a>/<b>"`` from the last two parts of a multirun's sweep directory (``outputs/multirun/2025-01-31/
+    12-00-00`` -> ``/2025-01-31/12-00-00``), ``""`` for a single run (``mode`` is Hydra's RunMode or its name)."""
+    if not str(mode).upper().endswith("MULTIRUN") or not sweep_dir:
+        return ""
+    parts = [p for p in Path(str(sweep_dir)).parts if p not in ("/", ".")]
+    return "/" + "/".join(parts[-2:])
+
+
+class SweepGroupCallback:
+    """A Hydra callback (listed under ``hydra.callbacks`` in conf/logger/wandb.yaml) that puts the sweep into
+    the W&B group. At the start of every job it sets the environment variable INSTA_RS_SWEEP_SUFFIX to
+    ``sweep_suffix(hydra.mode, hydra.sweep.dir)``, which the logger config appends to the experiment name:
+    the jobs of one multirun share the group ``<experiment>/<date>/<time>``, a single run is in ``<experiment>``.
+    It is set in the job's own process, so it holds with any launcher. Hydra calls the callback's methods
+    by name; this class implements them without importing Hydra (the library does not depend on it)."""
+
+    def on_job_start(self, config, **kwargs) -> None:
+        hydra_cfg = config.get("hydra") if hasattr(config, "get") else None
+        suffix = sweep_suffix(hydra_cfg.get("mode"), hydra_cfg.sweep.get("dir")) if hydra_cfg is not None else ""
+        os.environ[SWEEP_SUFFIX_ENV] = suffix
+
+    def on_run_start(self, config, **kwargs) -> None:
+        pass
+
+    def on_run_end(self, config, **kwargs) -> None:
+        pass
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        pass
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        pass
+
+    def on_job_end(self, config, job_return=None, **kwargs) -> None:
+        pass

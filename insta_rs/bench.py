@@ -1,0 +1,411 @@
+"""How fast certification runs, against a naive loop and against the model's own forward pass.
+
+    python -m insta_rs.bench certify [--model small_cnn|cifar_resnet20] [--n 10000] [--rows 2] [--quick]
+    python -m insta_rs.bench search  [--model small_cnn|cifar_resnet20] [--n 100000] [--quick]
+
+``certify`` measures, in one process with one model (random initialisation from ``--seed``), one n and
+one ``torch.set_num_threads`` value, three rates in noise draws per second (a draw is one noisy image
+through the model; CERTIFY of one input makes n0 + n of them, ALGORITHMS.md 1):
+
+- (a) our certification: ``Smooth.certify_batch`` of ``--rows`` inputs at the best chunk size and memory
+  format found for (c); (a1) is ``Smooth.certify`` one input at a time (what a per-row loop does);
+- (b) a naive per-input loop like the field's reference code: repeat the image to a batch of 1000, add
+  ``randn_like`` noise, take the argmax, count the classes in a Python loop over the predictions;
+- (c) the ceiling: the model's forward pass alone on a ready batch, at its best batch size (and memory
+  format) among ``--batch-sizes``.
+
+Each is warmed up, then measured ``--repeats`` times, interleaved round by round so that a background
+load hits all three alike; the median is reported. The bench prints a/b and a/c, where the time of (a)
+goes (noise, shift = multiply by sigma and add x, forward, count, other), and ends with one line of
+``name=value`` pairs (``speedup_vs_naive=... fraction_of_forward=...``) for scripts.
+
+``search`` runs the Insta-RS sigma search (``insta_rs.search.insta_rs.InstaRSSearch`` at its default
+knobs, ALGORITHMS.md 2) and prints its draws and seconds as a fraction of the certification that
+follows it (n0 + n draws at the chosen sigma), ending with ``search_draws_fraction=...
+search_seconds_fraction=...``. With ``small_cnn`` the model is first trained briefly on the digits data
+(``--train-steps``) so that the search sees a real margin landscape; ``cifar_resnet20`` stays random.
+
+``--quick`` shrinks everything (tiny model, small n, one repeat) for the test suite: its figures are
+well-formed but not meaningful.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from .certificates import ABSTAIN, clopper_pearson_lower, cohen_radius
+from .errors import ConfigError, InstaRSError, check
+from .models import CifarResNet, SmallCNN, count_parameters
+from .smoothing import Smooth, autocast_dtype_of, row_generator
+
+MODELS = ("small_cnn", "cifar_resnet20")
+NAIVE_BATCH = 1000
+"""The reference code's batch (Cohen et al., core.py: ``batch_size=1000``)."""
+
+
+# -- models and inputs ----------------------------------------------------------------------------------
+
+def build_model(name: str, quick: bool, seed: int) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    """A randomly initialised model (weights fixed by ``seed``) and its input shape (C, H, W)."""
+    check(name in MODELS, "--model", name, " or ".join(MODELS))
+    torch.manual_seed(seed)
+    if name == "small_cnn":
+        shape = (1, 8, 8)
+        kwargs = {"width": 4, "hidden": 16} if quick else {}
+        model = SmallCNN(10, shape, mean=(0.3,), std=(0.4,), **kwargs)
+    else:
+        shape = (3, 32, 32)
+        kwargs = {"depth": 8, "width": 4} if quick else {"depth": 20}
+        model = CifarResNet(10, shape, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), **kwargs)
+    return model.eval(), shape
+
+
+def random_inputs(rows: int, shape, seed: int) -> torch.Tensor:
+    return torch.rand((rows, *shape), generator=torch.Generator().manual_seed(seed + 1))
+
+
+# -- (b) the naive loop -----------------------------------------------------------------------------------
+
+def naive_counts(model, x: torch.Tensor, sigma: float, num: int, num_classes: int, device) -> np.ndarray:
+    """Class counts over ``num`` draws, the way the field's reference code makes them: batches of
+    NAIVE_BATCH copies of x plus ``randn_like`` noise, predictions moved to the host and counted one by one."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    remaining = num
+    with torch.no_grad():
+        while remaining > 0:
+            this_batch = min(NAIVE_BATCH, remaining)
+            remaining -= this_batch
+            batch = x.to(device).repeat((this_batch, 1, 1, 1))
+            noise = torch.randn_like(batch) * sigma
+            predictions = model(batch + noise).argmax(1)
+            for label in predictions.cpu().numpy():
+                counts[label] += 1
+    return counts
+
+
+def naive_certify(model, x, sigma: float, n0: int, n: int, alpha: float, num_classes: int, device):
+    """CERTIFY (ALGORITHMS.md 1) on top of ``naive_counts``: (predict, radius)."""
+    candidate = int(naive_counts(model, x, sigma, n0, num_classes, device).argmax())
+    count = int(naive_counts(model, x, sigma, n, num_classes, device)[candidate])
+    p_lower = clopper_pearson_lower(count, n, alpha)
+    return (ABSTAIN, 0.0) if p_lower < 0.5 else (candidate, cohen_radius(sigma, p_lower))
+
+
+# -- timing ------------------------------------------------------------------------------------------------
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    """Wall seconds of one call of fn (CUDA synchronized before and after)."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def forward_rate(model, batch: torch.Tensor, device, autocast_dtype, calls: int) -> float:
+    """Draws per second of the bare forward pass + argmax on a ready batch: median over ``calls`` calls."""
+    def run():
+        with torch.inference_mode(), _autocast(device, autocast_dtype):
+            model(batch).argmax(1)
+
+    run()  # warm-up (and compilation, for a compiled model)
+    return batch.shape[0] / statistics.median(timed(run, device) for _ in range(calls))
+
+
+def _autocast(device: torch.device, dtype):
+    import contextlib
+
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _prepare(model, channels_last: bool, compile_model: bool):
+    model = copy.deepcopy(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model, dynamic=False) if compile_model else model
+
+
+def search_ceiling(model, shape, batch_sizes, formats, device, autocast_dtype, compile_model, calls: int):
+    """The forward rate for every (batch size, memory format); returns ({(bs, cl): rate}, best key)."""
+    rates = {}
+    for channels_last in formats:
+        prepared = _prepare(model, channels_last, compile_model).to(device)
+        for bs in batch_sizes:
+            batch = torch.rand((bs, *shape), device=device)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            rates[(bs, channels_last)] = forward_rate(prepared, batch, device, autocast_dtype, calls)
+    return rates, max(rates, key=rates.get)
+
+
+# -- bench certify -----------------------------------------------------------------------------------------
+
+def bench_certify(args) -> dict:
+    device = torch.device(args.device)
+    autocast_dtype = autocast_dtype_of(None if args.autocast == "none" else args.autocast)
+    model, shape = build_model(args.model, args.quick, args.seed)
+    model = model.to(device)
+    num_classes = model.num_classes
+    inputs = random_inputs(max(args.rows, args.repeats + 1), shape, args.seed)
+    draws_per_row = args.n0 + args.n
+    formats = {"auto": (False, True), "on": (True,), "off": (False,)}[args.channels_last]
+    print(f"bench certify: model={args.model}{' (quick: tiny)' if args.quick else ''} input={shape} "
+          f"params={count_parameters(model)} n0={args.n0} n={args.n} rows={args.rows} sigma={args.sigma} "
+          f"threads={torch.get_num_threads()} device={device} autocast={args.autocast} compile={args.compile} "
+          f"torch={torch.__version__}", flush=True)
+
+    rates, best = search_ceiling(model, shape, args.batch_sizes, formats, device, autocast_dtype, args.compile,
+                                 calls=max(2, args.repeats))
+    print("forward ceiling search (draws/s): " + "  ".join(
+        f"bs={bs}{' cl' if cl else ''}={rate:,.0f}" for (bs, cl), rate in rates.items()), flush=True)
+    batch_size, channels_last = best
+    print(f"best: batch_size={batch_size} channels_last={channels_last}", flush=True)
+
+    naive_model = copy.deepcopy(model)  # float32, NCHW, eager: the reference code's setting
+    smooth = Smooth(copy.deepcopy(model), num_classes, batch_size=batch_size, device=device,
+                    autocast_dtype=autocast_dtype, channels_last=channels_last, compile=args.compile)
+    ceiling_model = _prepare(model, channels_last, args.compile).to(device)
+    ceiling_batch = torch.rand((batch_size, *shape), device=device)
+    if channels_last:
+        ceiling_batch = ceiling_batch.contiguous(memory_format=torch.channels_last)
+    rows = inputs[: args.rows]
+    sigma, alpha = args.sigma, args.alpha
+
+    def run_a():
+        smooth.certify_batch(rows, sigma, args.n0, args.n, alpha,
+                             [row_generator(args.seed, i, device) for i in range(args.rows)])
+
+    def run_a1(i):
+        smooth.certify(inputs[i], sigma, args.n0, args.n, alpha, row_generator(args.seed, i, device))
+
+    def run_b(i):
+        naive_certify(naive_model, inputs[i], sigma, args.n0, args.n, alpha, num_classes, device)
+
+    # warm-up: every path once on a short run
+    warm_n = min(args.n, 2 * batch_size)
+    smooth.certify_batch(rows, sigma, args.n0, warm_n, alpha, [row_generator(args.seed, i, device) for i in range(args.rows)])
+    naive_certify(naive_model, inputs[0], sigma, args.n0, min(args.n, NAIVE_BATCH), alpha, num_classes, device)
+    forward_rate(ceiling_model, ceiling_batch, device, autocast_dtype, calls=1)
+
+    samples = {"a": [], "a1": [], "b": [], "c": []}
+    for round_ in range(args.repeats):
+        i = round_ % len(inputs)
+        samples["b"].append(draws_per_row / timed(lambda: run_b(i), device))
+        samples["a"].append(args.rows * draws_per_row / timed(run_a, device))
+        samples["a1"].append(draws_per_row / timed(lambda: run_a1(i), device))
+        samples["c"].append(forward_rate(ceiling_model, ceiling_batch, device, autocast_dtype,
+                                         calls=max(2, args.repeats)))
+    rate = {key: statistics.median(values) for key, values in samples.items()}
+
+    # where the time of (a) goes (one more run, timed per phase; not part of the rates above)
+    smooth.phase_seconds = {}
+    total = timed(run_a, device)
+    phases = dict(smooth.phase_seconds)
+    smooth.phase_seconds = None
+    phases["other"] = max(total - sum(phases.values()), 0.0)
+    share = {key: value / total for key, value in phases.items()}
+
+    a, a1, b, c = rate["a"], rate["a1"], rate["b"], rate["c"]
+    print()
+    print(f"{'':34s}{'draws/s':>12s}{'vs naive (x/b)':>16s}{'of forward (x/c)':>18s}")
+    table = [
+        (f"(a)  certify_batch, {args.rows} rows together", a),
+        ("(a1) certify, one row at a time", a1),
+        ("(b)  naive loop (batch 1000, NCHW)", b),
+        (f"(c)  forward only, bs={batch_size}{' cl' if channels_last else ''}", c),
+    ]
+    for label, value in table:
+        print(f"{label:34s}{value:12,.0f}{value / b:15.2f}x{value / c:18.3f}")
+    print("samples (draws/s): " + "  ".join(f"{k}=[{', '.join(f'{v:,.0f}' for v in vals)}]"
+                                           for k, vals in samples.items()))
+    print("time of (a) by phase: " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in share.items()))
+    pairs = {
+        "speedup_vs_naive": a / b,
+        "fraction_of_forward": a / c,
+        "speedup_single_row": a1 / b,
+        "fraction_single_row": a1 / c,
+        "a_draws_per_s": a, "a1_draws_per_s": a1, "b_draws_per_s": b, "c_draws_per_s": c,
+        "batch_size": batch_size, "channels_last": int(channels_last),
+        "noise_share": share.get("noise", 0.0), "forward_share": share.get("forward", 0.0),
+        "model": args.model, "n": args.n, "threads": torch.get_num_threads(),
+    }
+    print(format_pairs(pairs), flush=True)
+    return pairs
+
+
+# -- bench search ------------------------------------------------------------------------------------------
+
+def _digits_model(model, steps: int, sigma: float, seed: int):
+    """Train ``model`` for ``steps`` SGD steps with Gaussian noise on the digits training split; returns
+    the test images. A few hundred steps give a classifier with real margins in seconds."""
+    from .data import Digits
+
+    source = Digits()
+    train = source.split("train")
+    test = source.split("test")
+    xs = torch.stack([train[i][0] for i in range(len(train))])
+    ys = torch.tensor([train[i][1] for i in range(len(train))])
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        pick = torch.randint(0, len(ys), (128,), generator=generator)
+        batch = xs[pick] + sigma * torch.randn(xs[pick].shape, generator=generator)
+        loss = torch.nn.functional.cross_entropy(model(batch), ys[pick])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return torch.stack([test[i][0] for i in range(len(test))])
+
+
+def bench_search(args) -> dict:
+    try:
+        from .search.insta_rs import InstaRSSearch
+    except ImportError as error:
+        raise ConfigError(f"bench search needs insta_rs.search.insta_rs.InstaRSSearch, which cannot be imported "
+                          f"({error}): expected the Insta-RS search module to be installed") from None
+    device = torch.device(args.device)
+    model, shape = build_model(args.model, args.quick, args.seed)
+    inputs = None
+    if args.model == "small_cnn" and args.train_steps > 0:
+        inputs = _digits_model(model, args.train_steps, sigma=0.25, seed=args.seed)
+        inputs = inputs[torch.randperm(len(inputs), generator=torch.Generator().manual_seed(args.seed))]
+    if inputs is None:
+        inputs = random_inputs(args.rows, shape, args.seed)
+    model = model.to(device)
+    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cpu")
+    smooth = Smooth(model, model.num_classes, batch_size=args.batch_sizes[-1] if args.quick else args.batch_size,
+                    device=device, channels_last=channels_last)
+    method = InstaRSSearch()
+    print(f"bench search: model={args.model} n0={args.n0} n={args.n} rows={args.rows} "
+          f"batch_size={smooth.batch_size} threads={torch.get_num_threads()} device={device} "
+          f"search={_knobs(method)}", flush=True)
+    method.certify(smooth, inputs[0], args.n0, min(args.n, 2 * smooth.batch_size), args.alpha,
+                   row_generator(args.seed, 10 ** 6, device))  # warm-up
+    draws, search_seconds, certify_seconds = [], [], []
+    for i in range(args.rows):
+        start = time.perf_counter()
+        result = method.certify(smooth, inputs[i], args.n0, args.n, args.alpha, row_generator(args.seed, i, device))
+        _sync(device)
+        total = time.perf_counter() - start
+        draws.append(result.search_draws)
+        search_seconds.append(result.search_time)
+        certify_seconds.append(max(total - result.search_time, 1e-9))
+        print(f"row {i}: sigma*={result.sigma:.4f} search_draws={result.search_draws} "
+              f"search_s={result.search_time:.3f} certify_s={certify_seconds[-1]:.3f} predict={result.predict} "
+              f"radius={result.radius:.4f}", flush=True)
+    certify_draws = args.n0 + args.n
+    pairs = {
+        "search_draws_fraction": statistics.mean(draws) / certify_draws,
+        "search_seconds_fraction": sum(search_seconds) / sum(certify_seconds),
+        "search_draws_mean": statistics.mean(draws), "certify_draws": certify_draws,
+        "search_seconds_mean": statistics.mean(search_seconds),
+        "certify_seconds_mean": statistics.mean(certify_seconds),
+        "model": args.model, "n": args.n, "rows": args.rows,
+    }
+    print(f"search / certification: draws {pairs['search_draws_fraction']:.3f}, "
+          f"seconds {pairs['search_seconds_fraction']:.3f} (goal <= 0.10)")
+    print(format_pairs(pairs), flush=True)
+    return pairs
+
+
+def _knobs(method) -> str:
+    names = ("starts", "sigma_min", "sigma_max", "m", "T", "eta", "eta_min", "alpha_s")
+    return ",".join(f"{k}={getattr(method, k)}" for k in names if hasattr(method, k)).replace(" ", "")
+
+
+# -- command line ------------------------------------------------------------------------------------------
+
+def format_pairs(pairs: dict) -> str:
+    """One line of name=value pairs (floats with 4 significant decimals), for scripts."""
+    def show(value):
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
+        return str(value)
+    return " ".join(f"{name}={show(value)}" for name, value in pairs.items())
+
+
+def parse_pairs(line: str) -> dict[str, str]:
+    """The inverse of ``format_pairs`` (values stay strings)."""
+    return dict(part.split("=", 1) for part in line.split())
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"--batch-sizes={text!r} is invalid: expected comma-separated integers >= 1")
+    return sizes
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m insta_rs.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=("certify", "search"))
+    p.add_argument("--model", default="small_cnn", choices=MODELS)
+    p.add_argument("--n", type=int, default=None, help="estimation draws per input (certify: 10000, search: 100000)")
+    p.add_argument("--n0", type=int, default=100)
+    p.add_argument("--alpha", type=float, default=0.001)
+    p.add_argument("--sigma", type=float, default=0.25)
+    p.add_argument("--rows", type=int, default=None, help="inputs per measurement (certify: 2, search: 3)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=None,
+                   help="forward batch sizes searched for the ceiling (default 128,256,512,1000,2000)")
+    p.add_argument("--batch-size", type=int, default=1000, help="search: certify.batch_size")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--train-steps", type=int, default=300, help="search, small_cnn: SGD steps on digits first")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny model, small n, one repeat (for tests)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.quick:
+            args.n = args.n or 256
+            args.n0 = min(args.n0, 16)
+            args.rows = args.rows or 2
+            args.repeats = 1
+            args.batch_sizes = args.batch_sizes or [64, 128]
+            args.train_steps = min(args.train_steps, 20)
+        args.n = args.n or (10_000 if args.what == "certify" else 100_000)
+        args.rows = args.rows or (2 if args.what == "certify" else 3)
+        args.batch_sizes = args.batch_sizes or [128, 256, 512, 1000, 2000]
+        for name in ("n", "n0", "rows", "repeats", "batch_size"):
+            value = getattr(args, name)
+            check(value >= 1, f"--{name.replace('_', '-')}", value, "an integer >= 1")
+        check(args.sigma > 0 and math.isfinite(args.sigma), "--sigma", args.sigma, "a finite number > 0")
+        if args.threads is not None:
+            check(args.threads >= 1, "--threads", args.threads, "an integer >= 1")
+            torch.set_num_threads(args.threads)
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"--device={args.device!r} but no CUDA device is visible: use --device cpu")
+        (bench_certify if args.what == "certify" else bench_search)(args)
+    except InstaRSError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return error.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

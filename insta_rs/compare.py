@@ -1,0 +1,446 @@
+"""Compare certification runs: one table and one overlaid curve, rows labelled by what differs between runs.
+
+    python -m insta_rs.compare PATH [PATH ...] [--radii 0,0.25,...] [--dataset imagenet] [--out DIR] [--wandb [MODE]]
+
+Each PATH is one of (any mix):
+- a certification run directory (certify.py's run directory: ``certify.tsv`` and, in ``.hydra/config.yaml``,
+  the certification config with the ``ckpt_path`` it certified);
+- a folder holding such run directories (e.g. a ``certify.py -m`` sweep): every ``certify.tsv`` below it, in
+  natural order (``2`` before ``10``);
+- a certification TSV: ours, or a file in Cohen et al.'s format (their released files have no extension).
+
+Labels. A run directory's settings are its certification config plus the resolved training config of the
+model it certified (``config.yaml`` of the training run, two folders above the checkpoint). Both are
+flattened to dotted keys: training keys as they are (``train.sigma``, ``train.loss.name``, ``model._target_``),
+the certification's own groups as they are (``certify.n``, ``sigma_search._target_``), its other keys
+prefixed ``certify:`` (``certify:seed``). A run is labelled by the keys whose values differ between the runs
+(``train.loss=macer, train.sigma=0.5``); a ``name``/``_target_`` key is shown as its group (``train.loss``,
+``sigma_search=FixedSigma``), and options that only some runs have (those of one loss, search or
+``train.method``) only where they differ between runs of the same choice. Seeds label runs only when nothing else differs. Paths, run directories, logging settings and keys
+that are interpolations of others (``trainer.max_epochs: ${train.epochs}``) never do: files without a
+config, and runs whose settings do not differ, are labelled by the shortest unique end of their path.
+
+Output: a markdown table (ALGORITHMS.md section 5: certified accuracy on the radius grid, ACR, clean accuracy,
+abstain rate, guarantee, seconds per input), one row per (run, guarantee label), rows grouped by guarantee
+so rows of different guarantees are never ranked together (``analysis.comparison_table``). The grid is
+``--radii``, else ``--dataset``'s standard grid, else ImageNet's when every configured run is on ImageNet and
+CIFAR-10's otherwise. ``--out DIR`` writes DIR/compare.md, DIR/compare.csv (the same table, plus each run's
+source and its label settings as columns) and DIR/compare.png (one curve per row). ``--wandb`` logs the table
+and the curves as one W&B line plot with a series per row (offline by default, under DIR or the current
+folder). Errors: one line on stderr, exit code 1 for data, 2 for options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import yaml
+
+from . import analysis
+from .analyze import parse_radii
+from .errors import ConfigError, DataError, InstaRSError
+
+CERTIFY_TSV = "certify.tsv"
+CERTIFICATION_GROUPS = ("certify", "sigma_search")  # top-level keys of a certification config kept unprefixed
+CERTIFY_PREFIX = "certify:"
+SELECTOR_KEYS = ("name", "_target_", "method")  # keys that choose what the options beside them mean
+SHORTENED_KEYS = ("name", "_target_")  # shown as their group: train.loss.name=macer -> train.loss=macer
+# keys that never label runs: paths, run folders, logging and progress output (seeds: see is_seed)
+INCIDENTAL_TOP = ("hydra", "logger", "callbacks", "tags", "num_workers")
+INCIDENTAL_LAST = ("ckpt_path", "root", "save_dir", "dirpath", "progress", "download", "enable_progress_bar",
+                   "log_every_n_steps", "num_sanity_val_steps")
+INCIDENTAL_KEYS = ("certify.batch_size",)  # the certify batch size does not change the statistics
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING = _Missing()
+
+
+@dataclass
+class Run:
+    """One certification file and, for a run directory, its flattened settings."""
+
+    tsv: Path
+    settings: dict[str, Any] | None = None  # None: a file without a config (e.g. Cohen et al.'s)
+    derived: set[str] = field(default_factory=set)  # keys whose value is an interpolation of another key
+    notes: list[str] = field(default_factory=list)
+
+
+def flatten(tree, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1, "c": [1, 2]}} -> {"a.b": 1, "a.c": [1, 2]}; lists are values, empty dicts vanish."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _load_yaml(path: Path) -> dict | None:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise DataError(f"{path}: cannot read the run's config ({type(error).__name__}): expected a YAML file "
+                        f"written by Hydra") from None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _interpolated(flat: dict[str, Any]) -> set[str]:
+    return {key for key, value in flat.items() if isinstance(value, str) and "${" in value}
+
+
+def _training_dir(ckpt_path, run_dir: Path) -> Path | None:
+    """The training run directory of a checkpoint (``RUN/checkpoints/x.ckpt`` -> ``RUN``); a relative path is
+    taken from the folder certify.py ran in (``hydra.runtime.cwd``), else from here."""
+    if not isinstance(ckpt_path, str) or not ckpt_path:
+        return None
+    path = Path(ckpt_path).expanduser()
+    candidates = [path] if path.is_absolute() else []
+    if not path.is_absolute():
+        hydra_cfg = _load_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
+        cwd = ((hydra_cfg.get("hydra") or {}).get("runtime") or {}).get("cwd")
+        candidates = ([Path(cwd) / path] if cwd else []) + [Path.cwd() / path]
+    for candidate in candidates:
+        if (candidate.parent.parent / "config.yaml").is_file():
+            return candidate.parent.parent
+    return None
+
+
+def read_run_settings(run_dir: Path) -> tuple[dict[str, Any] | None, set[str], list[str]]:
+    """(flat settings, derived keys, notes) of a certification run directory; (None, ...) without
+    ``.hydra/config.yaml``. Notes say what could not be found (the training config)."""
+    certify_cfg = _load_yaml(run_dir / ".hydra" / "config.yaml")
+    if certify_cfg is None:
+        return None, set(), []
+    settings: dict[str, Any] = {}
+    derived: set[str] = set()
+    notes: list[str] = []
+    train_dir = _training_dir(certify_cfg.get("ckpt_path"), run_dir)
+    if train_dir is None:
+        notes.append(f"{run_dir}: the training config of ckpt_path={certify_cfg.get('ckpt_path')!r} was not found "
+                     f"(config.yaml two folders above the checkpoint); labels use the certification settings only")
+    else:
+        settings.update(flatten(_load_yaml(train_dir / "config.yaml") or {}))
+        derived |= _interpolated(flatten(_load_yaml(train_dir / ".hydra" / "config.yaml") or {}))
+    for key, value in flatten(certify_cfg).items():
+        name = key if key.split(".")[0] in CERTIFICATION_GROUPS else CERTIFY_PREFIX + key
+        settings[name] = value
+        if isinstance(value, str) and "${" in value:
+            derived.add(name)
+    return settings, derived, notes
+
+
+def _natural_key(path: Path):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def collect_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """The certification files named by ``paths`` (see the module docstring), with their settings."""
+    runs = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            if (path / CERTIFY_TSV).is_file():
+                tsvs = [path / CERTIFY_TSV]
+            else:
+                tsvs = sorted(path.rglob(CERTIFY_TSV), key=_natural_key)
+            if not tsvs:
+                hint = (f": it is a training run, certify it first (python certify.py "
+                        f"ckpt_path={path}/checkpoints/last.ckpt)" if (path / "checkpoints").is_dir() else
+                        ": expected a certification run directory, a folder of them, or a TSV file")
+                raise DataError(f"{path}: no {CERTIFY_TSV} in it or below it{hint}")
+        elif path.is_file():
+            tsvs = [path]
+        else:
+            raise DataError(f"{path}: no such file or directory: expected a certification run directory, a folder "
+                            f"of them, or a TSV file")
+        for tsv in tsvs:
+            settings, derived, notes = (read_run_settings(tsv.parent) if tsv.name == CERTIFY_TSV
+                                        else (None, set(), []))
+            runs.append(Run(tsv=tsv, settings=settings, derived=derived, notes=notes))
+    return runs
+
+
+def _base_key(key: str) -> str:
+    return key[len(CERTIFY_PREFIX):] if key.startswith(CERTIFY_PREFIX) else key
+
+
+def is_incidental(key: str) -> bool:
+    """Paths, run folders, logging and progress settings: they never label runs (paths do, when nothing else
+    differs: see ``label_runs``)."""
+    base = _base_key(key)
+    parts = base.split(".")
+    last = parts[-1]
+    return (parts[0] in INCIDENTAL_TOP or last in INCIDENTAL_LAST or last.endswith("_dir")
+            or last.endswith("_path") or base in INCIDENTAL_KEYS)
+
+
+def is_seed(key: str) -> bool:
+    """Seeds (``seed``, ``dataset.split_seed``, ``certify:seed``): they label runs when nothing else differs."""
+    return "seed" in key.rpartition(".")[2]
+
+
+def _value_text(value) -> str:
+    if value is _MISSING:
+        return "-"
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_value_text(v) for v in value) + "]"
+    return str(value)
+
+
+def _display(key: str, value) -> tuple[str, str]:
+    """(shown key, shown value): ``train.loss.name`` -> ``train.loss``; ``x._target_`` -> ``x`` with the
+    value's last dotted part (``insta_rs.search.base.FixedSigma`` -> ``FixedSigma``)."""
+    parent, _, last = key.rpartition(".")
+    if last in SHORTENED_KEYS and parent:
+        text = _value_text(value)
+        return parent, text.rsplit(".", 1)[-1] if last == "_target_" else text
+    return key, _value_text(value)
+
+
+def differing_keys(settings: Sequence[dict[str, Any]], derived: set[str] = frozenset()) -> list[str]:
+    """The keys that tell the runs apart, in the order they first appear: keys whose values differ between
+    the runs, except interpolated (derived) keys and incidental ones (``is_incidental``: paths, logging);
+    seeds only if nothing else differs; [] if nothing does. An option that some runs lack, under a
+    differing ``name``/``_target_``/``method`` (a choice), is kept only if it differs between runs that make
+    the same choice: ``train.loss.k`` labels two MACER runs with different k, not MACER against Gaussian;
+    ``train.sigma``, which every run has, is kept whenever it differs."""
+    keys = []
+    for config in settings:
+        keys += [k for k in config if k not in keys]
+    values = {k: [repr(c.get(k, _MISSING)) for c in settings] for k in keys}
+    differ = [k for k in keys if k not in derived and len(set(values[k])) > 1]
+    selectors = [k for k in differ if k.rpartition(".")[2] in SELECTOR_KEYS]
+    kept = []
+    for key in differ:
+        if key not in selectors:
+            parents = [s for s in selectors if key.startswith(s.rpartition(".")[0] + ".")]
+            if parents and repr(_MISSING) in values[key]:
+                groups: dict[tuple, set] = {}
+                for i in range(len(settings)):
+                    groups.setdefault(tuple(values[p][i] for p in parents), set()).add(values[key][i])
+                if all(len(group) == 1 for group in groups.values()):
+                    continue
+        kept.append(key)
+    kept = [k for k in kept if not is_incidental(k)]
+    return [k for k in kept if not is_seed(k)] or kept
+
+
+def _key_rank(key: str) -> tuple:
+    """Training method first, then the sigma search, model, data, certification settings, trainer, the rest;
+    keys of the certification config's other settings (``certify:``) last."""
+    rank = {"train": 0, "sigma_search": 1, "model": 2, "dataset": 3, "certify": 4, "trainer": 5}
+    return (key.startswith(CERTIFY_PREFIX), rank.get(_base_key(key).split(".")[0], 6))
+
+
+def setting_labels(settings: Sequence[dict[str, Any]], derived: set[str] = frozenset()
+                   ) -> tuple[list[str], list[dict[str, str]]]:
+    """A label per run from the keys that differ (``differing_keys``), ``key=value`` joined by ", " (keys
+    missing from a run are left out of its label), and per run the {shown key: shown value} behind it."""
+    keys = sorted(differing_keys(settings, derived), key=_key_rank)  # stable: first appearance within a rank
+    labels, shown = [], []
+    for config in settings:
+        pairs = dict(_display(k, config[k]) for k in keys if k in config)
+        shown.append(pairs)
+        labels.append(", ".join(f"{k}={v}" for k, v in pairs.items()))
+    return labels, shown
+
+
+def path_labels(paths: Sequence[Path]) -> list[str]:
+    """For each path, the shortest end of it (last folder names) that no other path ends with; a certify.tsv
+    stands for its folder, and a .tsv/.txt extension is dropped."""
+    parts = []
+    for path in paths:
+        path = Path(path).resolve()
+        if path.name == CERTIFY_TSV:
+            path = path.parent
+        elif path.suffix.lower() in (".tsv", ".txt"):
+            path = path.with_suffix("")
+        parts.append([p for p in path.parts if p != path.anchor] or [str(path)])
+    labels = []
+    for i, mine in enumerate(parts):
+        others = [p for j, p in enumerate(parts) if j != i and p != mine]
+        depth = next((d for d in range(1, len(mine) + 1) if all(p[-d:] != mine[-d:] for p in others)), len(mine))
+        labels.append("/".join(mine[-depth:]))
+    return labels
+
+
+def _unique(labels: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
+    return out
+
+
+def label_runs(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, str]]]:
+    """Labels for all runs (see the module docstring) and the settings shown in each."""
+    fallback = path_labels([run.tsv for run in runs])
+    labels, shown = list(fallback), [{} for _ in runs]
+    configured = [i for i, run in enumerate(runs) if run.settings is not None]
+    if len(configured) >= 2:
+        derived = set().union(*(runs[i].derived for i in configured))
+        texts, pairs = setting_labels([runs[i].settings for i in configured], derived)
+        for i, text, pair in zip(configured, texts, pairs):
+            if text:
+                labels[i], shown[i] = text, pair
+    return _unique(labels), shown
+
+
+def _dataset_name(settings: dict[str, Any]) -> str | None:
+    for prefix in (CERTIFY_PREFIX + "dataset", "dataset"):
+        name = settings.get(f"{prefix}.name") or settings.get(f"{prefix}._target_")
+        if name:
+            return str(name).rsplit(".", 1)[-1].lower()
+    return None
+
+
+def infer_radii(runs: Sequence[Run]) -> tuple[float, ...]:
+    """ImageNet's grid when every configured run certifies an ImageNet model, CIFAR-10's otherwise."""
+    names = [_dataset_name(run.settings) for run in runs if run.settings is not None]
+    if names and all(name is not None and name.startswith("imagenet") for name in names):
+        return analysis.radius_grid("imagenet")
+    return analysis.radius_grid(None)
+
+
+@dataclass
+class Comparison:
+    """The result of ``compare``: the table (analysis.comparison_table plus ``source`` and the label
+    settings as columns), its markdown, the curves ({legend: (radii, accuracies)}) and the grid."""
+
+    table: pd.DataFrame
+    markdown: str
+    curves: dict[str, tuple[list[float], list[float]]]
+    radii: tuple[float, ...]
+    notes: list[str]
+    group: str = "compare"  # the W&B group: the runs' experiment_name when they share one
+
+
+def compare(paths: Sequence[str | Path], radii: Sequence[float] | None = None, dataset: str | None = None
+            ) -> Comparison:
+    """Read every run, label it, and build the comparison (module docstring)."""
+    runs = collect_runs(paths)
+    if radii is None:
+        radii = analysis.radius_grid(dataset) if dataset is not None else infer_radii(runs)
+    radii = tuple(float(r) for r in radii)
+    labels, shown = label_runs(runs)
+    frames = [analysis.read_certification(run.tsv) for run in runs]
+    table = analysis.comparison_table(list(zip(labels, frames)), radii)
+    markdown = analysis.comparison_markdown(table, radii)
+    sources = dict(zip(labels, (str(run.tsv) for run in runs)))
+    settings = dict(zip(labels, shown))
+    table["source"] = table["run"].map(sources)
+    for key in dict.fromkeys(k for pairs in shown for k in pairs):
+        table[key] = table["run"].map(lambda label, key=key: settings[label].get(key))
+    top = max((float(df.loc[df["correct"] == 1, "radius"].max()) for df in frames if (df["correct"] == 1).any()),
+              default=0.0)
+    max_radius = 1.05 * top if top > 0 else 1.0
+    curves = {}
+    for label, df in zip(labels, frames):
+        guarantees = df["guarantee"].astype(str)
+        for guarantee in sorted(set(guarantees), key=analysis._guarantee_rank):
+            curves[f"{label} ({guarantee})"] = analysis.certified_accuracy_curve(df[guarantees == guarantee],
+                                                                                 max_radius=max_radius)
+    notes = [note for run in runs for note in run.notes]
+    experiments = {run.settings.get("experiment_name", run.settings.get(CERTIFY_PREFIX + "experiment_name"))
+                   for run in runs if run.settings is not None}
+    group = next(iter(experiments)) if len(experiments) == 1 and None not in experiments else "compare"
+    return Comparison(table=table, markdown=markdown, curves=curves, radii=radii, notes=notes, group=group)
+
+
+def write_outputs(result: Comparison, out: str | Path) -> list[Path]:
+    """DIR/compare.md, DIR/compare.csv, DIR/compare.png (atomically, via tracking/analysis helpers)."""
+    from .tracking import write_text_atomic
+
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--out={str(out)!r} cannot be created ({error.strerror}): expected a writable folder") from None
+    write_text_atomic(out / "compare.md", result.markdown)
+    write_text_atomic(out / "compare.csv", result.table.to_csv(index=False))
+    analysis.plot_certified_accuracy(result.curves, out / "compare.png", title="Certified accuracy")
+    return [out / "compare.md", out / "compare.csv", out / "compare.png"]
+
+
+def log_comparison_to_wandb(result: Comparison, run_dir: str | Path, mode: str = "offline",
+                            project: str = "insta-rs", group: str | None = None) -> None:
+    """Log the comparison as one W&B run (job type ``compare``): the table as ``compare/table`` and the
+    certified-accuracy curves as one line plot ``compare/curve`` with one series per (run, guarantee)
+    row (``wandb.plot.line_series``). Offline by default: the run lands under ``run_dir/wandb``."""
+    import wandb
+
+    first = next(iter(result.curves.values()), ([], []))
+    xs = [float(r) for r in first[0]]
+    table = result.table.astype(object).where(result.table.notna(), None)
+    run = wandb.init(dir=str(run_dir), mode=mode, project=project, group=group, job_type="compare",
+                     config={"radii": list(result.radii), "sources": sorted(set(result.table["source"]))},
+                     reinit="finish_previous")
+    try:
+        run.log({
+            "compare/table": wandb.Table(dataframe=table),
+            "compare/curve": wandb.plot.line_series(xs=xs, ys=[list(acc) for _, acc in result.curves.values()],
+                                                    keys=list(result.curves), title="Certified accuracy",
+                                                    xname="radius (L2)"),
+        })
+    finally:
+        run.finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit code (0, or the InstaRSError's: 1 data, 2 options)."""
+    parser = argparse.ArgumentParser(prog="python -m insta_rs.compare",
+                                     description="One table and one overlaid certified-accuracy curve for several "
+                                                 "certification runs, labelled by the settings that differ.")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="certification run directories, folders of them, or certification TSV files")
+    parser.add_argument("--radii", default=None, help="comma-separated radius grid, e.g. 0,0.25,0.5")
+    parser.add_argument("--dataset", default=None,
+                        help="standard grid for this data set: imagenet* -> 0,0.5,...,3.5, else 0,0.25,...,2.25")
+    parser.add_argument("--out", default=None, metavar="DIR", help="write compare.md, compare.csv, compare.png here")
+    parser.add_argument("--wandb", nargs="?", const="offline", default=None, metavar="MODE",
+                        help="log the table and curves to W&B (MODE: offline, the default, or online)")
+    parser.add_argument("--wandb-project", default="insta-rs", help="W&B project (default insta-rs)")
+    args = parser.parse_args(argv)
+    try:
+        if args.wandb is not None and args.wandb not in ("offline", "online"):
+            raise ConfigError(f"--wandb={args.wandb!r} is invalid: expected offline or online")
+        radii = parse_radii(args.radii) if args.radii is not None else None
+        result = compare(args.paths, radii=radii, dataset=args.dataset)
+        written = write_outputs(result, args.out) if args.out is not None else []
+        if args.wandb is not None:
+            log_comparison_to_wandb(result, args.out or ".", mode=args.wandb, project=args.wandb_project,
+                                    group=result.group)
+    except InstaRSError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return error.exit_code
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(result.markdown, end="")
+    if written:
+        print(f"wrote {', '.join(p.name for p in written)} in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

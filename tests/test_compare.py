@@ -1,0 +1,431 @@
+"""python -m insta_rs.compare, the paper-protocol experiment configs, and W&B grouping.
+
+The comparison's numbers are checked against ``analysis.summarize_by_guarantee`` of each file (what
+``python -m insta_rs.analyze`` prints) and against values worked out by hand in the comments; its labels
+against the one setting the runs were made to differ in. Run folders are laid out as train.py/certify.py
+write them (config.yaml resolved, .hydra/config.yaml unresolved, .hydra/hydra.yaml with runtime.cwd); one
+test makes them with the real scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import CONF, run_script
+from fixtures_data import write_cifar10, write_image_folder
+from insta_rs import analysis
+from insta_rs.compare import (collect_runs, compare, differing_keys, is_incidental, is_seed, main, path_labels,
+                              setting_labels)
+from insta_rs.tracking import SWEEP_SUFFIX_ENV, SweepGroupCallback, sweep_suffix
+from insta_rs.training import TrainSettings
+
+HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsigma\tpA_lower\tguarantee\tsearch_time\tsearch_draws\n"
+
+
+def tsv_rows(seed: int, n: int = 12, sigma: float = 0.25, guarantee: str = "sound") -> str:
+    """n rows as certify.py writes them, from a seeded generator: some abstentions, some wrong answers."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        label = int(rng.integers(10))
+        kind = rng.choice(["right", "wrong", "abstain"], p=[0.6, 0.25, 0.15])
+        predict = label if kind == "right" else (-1 if kind == "abstain" else (label + 1) % 10)
+        radius = 0.0 if kind == "abstain" else round(float(rng.uniform(0, 4 * sigma)), 4)
+        lines.append(f"{i * 3}\t{label}\t{predict}\t{radius}\t{int(kind == 'right')}\t{rng.uniform(0.1, 0.3):.4f}"
+                     f"\t{sigma}\t0.9\t{guarantee}\t{rng.uniform(0, 0.05):.4f}\t{int(rng.integers(0, 100))}")
+    return HEADER + "\n".join(lines) + "\n"
+
+
+def write_yaml(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(payload, sort_keys=False))
+
+
+def make_run(root: Path, name: str, rows: str, train: dict | None = None, certify: dict | None = None,
+             seed: int = 0) -> Path:
+    """A training run root/train_<name> and its certification root/cert_<name>, as the scripts lay them out:
+    the checkpoint path is relative to root (hydra.runtime.cwd)."""
+    train_dir, cert_dir = root / f"train_{name}", root / f"cert_{name}"
+    train_cfg = {"seed": seed, "num_workers": 0, "ckpt_path": None, "tags": [],
+                 "dataset": {"_target_": "insta_rs.data.Digits", "val_fraction": 0.1, "split_seed": 0},
+                 "model": {"_target_": "insta_rs.models.SmallCNN", "width": 32},
+                 "train": {"loss": {"name": "gaussian"}, "method": "gaussian", "sigma": 0.25, "epochs": 2,
+                           "lr": 0.05, **(train or {})},
+                 "trainer": {"_target_": "pytorch_lightning.Trainer", "max_epochs": 2, "accelerator": "cpu"},
+                 "logger": {"wandb": {"save_dir": str(train_dir), "group": "adhoc"}}}
+    train_cfg["trainer"]["max_epochs"] = train_cfg["train"]["epochs"]
+    write_yaml(train_dir / "config.yaml", train_cfg)
+    unresolved = {**train_cfg, "trainer": {**train_cfg["trainer"], "max_epochs": "${train.epochs}"},
+                  "logger": {"wandb": {"save_dir": "${oc.env:INSTA_RS_RUN_DIR,.}", "group": "adhoc"}}}
+    write_yaml(train_dir / ".hydra" / "config.yaml", unresolved)
+    cert_cfg = {"ckpt_path": f"train_{name}/checkpoints/last.ckpt", "seed": 0, "tags": [], "train": {"epochs": 1},
+                "certify": {"n0": 100, "n": 1000, "alpha": 0.001, "batch_size": 1000, "split": "test", "skip": 3,
+                            "max": None, "progress": False, **(certify or {})},
+                "sigma_search": {"_target_": "insta_rs.search.base.FixedSigma", "sigma": None},
+                "trainer": {"_target_": "pytorch_lightning.Trainer", "max_epochs": "${train.epochs}"},
+                "logger": {}, "dataset": None, "experiment": None}
+    write_yaml(cert_dir / ".hydra" / "config.yaml", cert_cfg)
+    write_yaml(cert_dir / ".hydra" / "hydra.yaml", {"hydra": {"runtime": {"cwd": str(root)}, "run": {"dir": str(cert_dir)}}})
+    (cert_dir / "certify.tsv").write_text(rows)
+    return cert_dir
+
+
+def expected_rows(path: Path, radii) -> dict[str, dict]:
+    return analysis.summarize_by_guarantee(analysis.read_certification(path), radii)
+
+
+def assert_row_matches(row: pd.Series, summary: dict, radii) -> None:
+    assert row["rows"] == summary["rows"]
+    assert row["acr"] == pytest.approx(summary["acr"], abs=1e-12)
+    for r in radii:
+        assert row[f"acc@{float(r):g}"] == pytest.approx(summary["certified_accuracy"][float(r)], abs=1e-12)
+    assert row["clean_accuracy"] == pytest.approx(summary["clean_accuracy"], abs=1e-12)
+    assert row["abstain_rate"] == pytest.approx(summary["abstain_rate"], abs=1e-12)
+    assert row["seconds_per_input"] == pytest.approx(summary["seconds_per_input"], abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- labels and numbers
+
+
+@pytest.fixture
+def three_sigmas(tmp_path):
+    """Three runs that differ in train.sigma only (and in their paths and logger folders)."""
+    return [make_run(tmp_path, f"s{i}", tsv_rows(i, sigma=s), train={"sigma": s})
+            for i, s in enumerate((0.12, 0.25, 0.5))]
+
+
+def test_three_runs_are_labelled_by_the_setting_that_differs(three_sigmas, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)  # relative ckpt_path is found through hydra.runtime.cwd, not the cwd
+    out = tmp_path / "report"
+    assert main([str(p) for p in three_sigmas] + ["--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    labels = ["train.sigma=0.12", "train.sigma=0.25", "train.sigma=0.5"]
+    csv = pd.read_csv(out / "compare.csv")
+    assert list(csv["run"]) == labels
+    assert list(csv["train.sigma"]) == [0.12, 0.25, 0.5]
+    radii = analysis.CIFAR10_RADII  # digits: the CIFAR-10 grid
+    for row, cert_dir in zip(csv.to_dict("records"), three_sigmas):
+        (summary,) = expected_rows(cert_dir / "certify.tsv", radii).values()
+        assert_row_matches(pd.Series(row), summary, radii)
+        assert row["guarantee"] == "sound" and row["source"].endswith(f"{cert_dir.name}/certify.tsv")
+    markdown = (out / "compare.md").read_text()
+    assert markdown in printed
+    for label in labels:
+        assert f"| {label} | sound | 12 |" in markdown
+    assert "s/input" in markdown and "clean acc" in markdown and "acc@2.25" in markdown
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_numbers_by_hand(tmp_path):
+    # 4 rows: correct with radii 0.3 and 1.1, one wrong (radius 0.9), one abstention.
+    # ACR = (0.3 + 1.1) / 4 = 0.35; acc@0 = 2/4, acc@0.25 = 2/4, acc@0.5 = 1/4, acc@1 = 1/4, acc@1.25 = 0;
+    # abstain 1/4; seconds per input = mean(time + search_time) = mean(1.5, 2.5, 3.5, 4.5) = 3.0.
+    rows = HEADER + ("0\t1\t1\t0.3\t1\t1.0\t0.5\t0.9\tsound\t0.5\t1\n"
+                     "1\t2\t2\t1.1\t1\t2.0\t0.5\t0.9\tsound\t0.5\t1\n"
+                     "2\t3\t4\t0.9\t0\t3.0\t0.5\t0.9\tsound\t0.5\t1\n"
+                     "3\t5\t-1\t0.0\t0\t4.0\t0.5\t0.9\tsound\t0.5\t1\n")
+    path = tmp_path / "hand.tsv"
+    path.write_text(rows)
+    result = compare([path], radii=(0, 0.25, 0.5, 1.0, 1.25))
+    row = result.table.iloc[0]
+    assert row["run"] == "hand" and row["acr"] == pytest.approx(0.35)
+    assert [row[f"acc@{r:g}"] for r in (0, 0.25, 0.5, 1.0, 1.25)] == pytest.approx([0.5, 0.5, 0.25, 0.25, 0.0])
+    assert row["clean_accuracy"] == pytest.approx(0.5) and row["abstain_rate"] == pytest.approx(0.25)
+    assert row["seconds_per_input"] == pytest.approx(3.0)
+
+
+def test_labels_for_a_change_of_loss_name_only_its_options_within_one_loss(tmp_path):
+    gaussian = make_run(tmp_path, "g", tsv_rows(1), train={"loss": {"name": "gaussian"}})
+    macer16 = make_run(tmp_path, "m16", tsv_rows(2), train={"loss": {"name": "macer", "k": 16, "lbd": 12.0}})
+    macer4 = make_run(tmp_path, "m4", tsv_rows(3), train={"loss": {"name": "macer", "k": 4, "lbd": 12.0}})
+    cons = make_run(tmp_path, "c", tsv_rows(4), train={"loss": {"name": "consistency", "m": 2, "lbd": 10.0}})
+    result = compare([gaussian, macer16, macer4, cons])
+    assert list(result.table["run"]) == ["train.loss=gaussian", "train.loss=macer, train.loss.k=16",
+                                         "train.loss=macer, train.loss.k=4", "train.loss=consistency"]
+
+
+def test_method_specific_options_do_not_label_but_shared_settings_do(tmp_path):
+    g25 = make_run(tmp_path, "g25", tsv_rows(1), train={"method": "gaussian", "sigma": 0.25})
+    g50 = make_run(tmp_path, "g50", tsv_rows(2), train={"method": "gaussian", "sigma": 0.5})
+    i25 = make_run(tmp_path, "i25", tsv_rows(3), train={"method": "insta_rs", "sigma": 0.25, "eta": 0.1,
+                                                         "sigma_max": 1.0})
+    assert list(compare([g25, g50, i25]).table["run"]) == [
+        "train.method=gaussian, train.sigma=0.25", "train.method=gaussian, train.sigma=0.5",
+        "train.method=insta_rs, train.sigma=0.25"]
+
+
+def test_seeds_label_runs_only_when_nothing_else_differs_and_paths_never(tmp_path):
+    a = make_run(tmp_path, "a", tsv_rows(1), seed=0)
+    b = make_run(tmp_path, "b", tsv_rows(2), seed=1)
+    assert list(compare([a, b]).table["run"]) == ["seed=0", "seed=1"]  # not their differing ckpt_path
+    c = make_run(tmp_path, "c", tsv_rows(3), seed=0, train={"lr": 0.1})
+    assert list(compare([a, b, c]).table["run"]) == ["train.lr=0.05", "train.lr=0.05 #2", "train.lr=0.1"]
+    # identical settings: the shortest unique ends of the paths
+    d = make_run(tmp_path, "d", tsv_rows(4))
+    assert list(compare([a, d]).table["run"]) == ["cert_a", "cert_d"]
+
+
+def test_differing_keys_rules():
+    runs = [{"train.sigma": 0.25, "trainer.max_epochs": 2, "train.epochs": 2, "seed": 0, "x.root": "/a"},
+            {"train.sigma": 0.5, "trainer.max_epochs": 3, "train.epochs": 3, "seed": 1, "x.root": "/b"}]
+    assert differing_keys(runs, derived={"trainer.max_epochs"}) == ["train.sigma", "train.epochs"]
+    assert differing_keys([{**r, "train.sigma": 1, "train.epochs": 1} for r in runs]) == ["trainer.max_epochs"]
+    assert differing_keys([{**r, "train.sigma": 1, "train.epochs": 1} for r in runs],
+                          derived={"trainer.max_epochs"}) == ["seed"]
+    assert differing_keys([{"x.root": "/a", "seed": 0}, {"x.root": "/b", "seed": 0}]) == []
+    assert is_seed("certify:seed") and is_seed("dataset.split_seed") and not is_seed("train.sigma")
+    assert is_incidental("dataset.root") and is_incidental("logger.wandb.group")
+    assert is_incidental("certify:ckpt_path") and is_incidental("certify.batch_size")
+    assert not is_incidental("train.sigma") and not is_incidental("certify.n")
+    labels, shown = setting_labels([{"sigma_search._target_": "insta_rs.search.base.FixedSigma"},
+                                    {"sigma_search._target_": "insta_rs.search.cascade.Cascade", "sigma_search.k": 3}])
+    assert labels == ["sigma_search=FixedSigma", "sigma_search=Cascade"]
+    assert shown[1] == {"sigma_search": "Cascade"}
+
+
+def test_path_labels_are_the_shortest_unique_ends(tmp_path):
+    paths = [tmp_path / "a" / "noise_0.25" / "sigma_0.50", tmp_path / "a" / "noise_1.00" / "sigma_0.50",
+             tmp_path / "b" / "x.tsv", tmp_path / "a" / "run7" / "certify.tsv", tmp_path / "c" / "x.txt"]
+    assert path_labels(paths) == ["noise_0.25/sigma_0.50", "noise_1.00/sigma_0.50", "b/x", "run7", "c/x"]
+
+
+# ------------------------------------------------------------------------------- Cohen's files and guarantees
+
+
+COHEN = ("idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+         "0\t3\t3\t0.5\t1\t0:00:15.250000\n"
+         "20\t8\t8\t1.2\t1\t12.5\n"
+         "40\t1\t-1\t0.0\t0\t0:00:14.000000\n"
+         "60\t2\t5\t0.3\t0\t1:02:03.500000\n")
+
+
+def test_cohen_files_go_through_compare_with_both_time_spellings(three_sigmas, tmp_path):
+    cohen = tmp_path / "cohen" / "noise_0.25" / "test" / "sigma_0.25"  # their released files have no extension
+    cohen.parent.mkdir(parents=True)
+    cohen.write_text(COHEN)
+    result = compare([cohen, *three_sigmas[:2]], radii=(0.0, 0.5, 1.0))
+    table = result.table.set_index("run")
+    row = table.loc["sigma_0.25"]
+    # by hand: ACR = (0.5 + 1.2) / 4 = 0.425; acc@0 = 2/4, acc@0.5 = 2/4, acc@1 = 1/4; abstain 1/4;
+    # seconds: 15.25, 12.5, 14.0 and 1:02:03.5 = 3723.5 -> mean 941.3125
+    assert row["guarantee"] == "sound" and row["rows"] == 4
+    assert row["acr"] == pytest.approx(0.425)
+    assert [row["acc@0"], row["acc@0.5"], row["acc@1"]] == pytest.approx([0.5, 0.5, 0.25])
+    assert row["abstain_rate"] == pytest.approx(0.25) and row["seconds_per_input"] == pytest.approx(941.3125)
+    (summary,) = expected_rows(cohen, (0.0, 0.5, 1.0)).values()
+    assert_row_matches(row, summary, (0.0, 0.5, 1.0))
+    # the two configured runs are still labelled by their setting
+    assert {"train.sigma=0.12", "train.sigma=0.25"} <= set(table.index)
+
+
+def test_rows_of_different_guarantees_are_grouped_and_labelled(tmp_path):
+    sound_a = make_run(tmp_path, "a", tsv_rows(1), certify={"n": 1000})
+    mixed = tmp_path / "mixed.tsv"  # one file with rows of two guarantees
+    mixed.write_text(tsv_rows(2) + "".join(tsv_rows(3, guarantee="instance").splitlines(keepends=True)[1:]))
+    sound_b = make_run(tmp_path, "b", tsv_rows(4), certify={"n": 2000})
+    result = compare([sound_a, mixed, sound_b])
+    assert list(zip(result.table["run"], result.table["guarantee"])) == [
+        ("certify.n=1000", "sound"), ("mixed", "sound"), ("certify.n=2000", "sound"), ("mixed", "instance")]
+    by_guarantee = expected_rows(mixed, result.radii)
+    for guarantee in ("sound", "instance"):
+        row = result.table[(result.table["run"] == "mixed") & (result.table["guarantee"] == guarantee)].iloc[0]
+        assert_row_matches(row, by_guarantee[guarantee], result.radii)
+    assert "Guarantees differ between rows (sound, instance)" in result.markdown
+    assert set(result.curves) == {"certify.n=1000 (sound)", "mixed (sound)", "mixed (instance)",
+                                  "certify.n=2000 (sound)"}
+
+
+def test_a_folder_of_runs_expands_in_natural_order_and_imagenet_gets_its_grid(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job in ("10", "2", "1"):
+        cert = make_run(sweep, job, tsv_rows(int(job)), train={"sigma": int(job) / 10})
+        cert.rename(sweep / job)  # a multirun: <sweep>/<job number>/certify.tsv
+    assert [r.tsv.parent.name for r in collect_runs([sweep])] == ["1", "2", "10"]
+    assert compare([sweep]).radii == analysis.CIFAR10_RADII
+    imagenet = make_run(tmp_path, "in", tsv_rows(5))
+    imagenet_b = make_run(tmp_path, "in2", tsv_rows(6), train={"sigma": 0.5})
+    for train_dir in (tmp_path / "train_in", tmp_path / "train_in2"):
+        cfg = yaml.safe_load((train_dir / "config.yaml").read_text())
+        cfg["dataset"] = {"_target_": "insta_rs.data.ImageNet", "root": "data/imagenet"}
+        write_yaml(train_dir / "config.yaml", cfg)
+    assert compare([imagenet, imagenet_b]).radii == analysis.IMAGENET_RADII
+
+
+def test_a_missing_training_config_leaves_a_note_and_certification_labels(tmp_path, capsys):
+    a = make_run(tmp_path, "a", tsv_rows(1), certify={"n": 1000})
+    b = make_run(tmp_path, "b", tsv_rows(2), certify={"n": 2000})
+    (tmp_path / "train_b" / "config.yaml").unlink()
+    assert main([str(a), str(b)]) == 0
+    captured = capsys.readouterr()
+    assert "certify.n=1000" in captured.out and "certify.n=2000" in captured.out
+    assert "training config" in captured.err and "train_b" in captured.err
+
+
+@pytest.mark.parametrize("args,code,words", [
+    (["{tmp}/nowhere"], 1, "no such file"),
+    (["{tmp}/trainrun"], 1, "certify it first"),
+    (["{tmp}/bad.tsv"], 1, "missing column"),
+    (["{tmp}/ok.tsv", "--radii", "0,-1"], 2, "--radii"),
+    (["{tmp}/ok.tsv", "--wandb", "cloud"], 2, "--wandb"),
+])
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys, args, code, words):
+    (tmp_path / "trainrun" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "bad.tsv").write_text("idx\tlabel\n0\t1\n")
+    (tmp_path / "ok.tsv").write_text(COHEN)
+    assert main([a.format(tmp=tmp_path) for a in args]) == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err
+
+
+# --------------------------------------------------------------------------------------------------- W&B
+
+
+def test_wandb_logs_one_line_plot_with_a_series_per_run(three_sigmas, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "report"
+    assert main([str(p) for p in three_sigmas] + ["--out", str(out), "--wandb"]) == 0
+    (run_file,) = (out / "wandb").glob("offline-run-*/*.wandb")
+    data = run_file.read_bytes()
+    assert b"compare/curve" in data and b"wandb/lineseries" in data and b"compare/table" in data
+    (curve_file,) = run_file.parent.glob("files/media/table/compare/curve_table*.table.json")
+    curve = json.loads(curve_file.read_text())
+    assert curve["columns"] == ["step", "lineKey", "lineVal"]
+    series = {key for _, key, _ in curve["data"]}
+    assert series == {"train.sigma=0.12 (sound)", "train.sigma=0.25 (sound)", "train.sigma=0.5 (sound)"}
+    # each series is that run's certified-accuracy curve: at radius 0, the clean accuracy
+    first = {key: value for step, key, value in curve["data"] if step == 0.0}
+    csv = pd.read_csv(out / "compare.csv").set_index("run")
+    for key, value in first.items():
+        assert value == pytest.approx(csv.loc[key.removesuffix(" (sound)"), "clean_accuracy"])
+
+
+def test_sweep_suffix_and_callback(monkeypatch):
+    assert sweep_suffix("RunMode.MULTIRUN", "outputs/multirun/2025-01-31/12-00-00") == "/2025-01-31/12-00-00"
+    assert sweep_suffix("RunMode.RUN", "outputs/multirun/2025-01-31/12-00-00") == ""
+    monkeypatch.setenv(SWEEP_SUFFIX_ENV, "stale")
+    callback = SweepGroupCallback()
+    callback.on_job_start(OmegaConf.create({"hydra": {"mode": "MULTIRUN", "sweep": {"dir": "/s/day/time"}}}))
+    assert os.environ[SWEEP_SUFFIX_ENV] == "/day/time"
+    callback.on_job_start(OmegaConf.create({"hydra": {"mode": "RUN", "sweep": {"dir": "/s/day/time"}}}))
+    assert os.environ[SWEEP_SUFFIX_ENV] == ""
+
+
+def test_wandb_group_is_the_experiment_and_the_sweep(compose, monkeypatch):
+    monkeypatch.delenv(SWEEP_SUFFIX_ENV, raising=False)
+    assert compose("train", ["logger=wandb"]).logger.wandb.group == "adhoc"
+    cfg = compose("train", ["logger=wandb", "experiment=digits_baselines"])
+    assert cfg.logger.wandb.group == "digits_baselines" and cfg.logger.wandb.job_type == "train"
+    monkeypatch.setenv(SWEEP_SUFFIX_ENV, "/2025-01-31/12-00-00")
+    assert cfg.logger.wandb.group == "digits_baselines/2025-01-31/12-00-00"
+
+
+@pytest.mark.slow
+def test_real_certify_sweep_compares_and_groups_in_wandb(trained_digits, tmp_path):
+    """certify.py -m over certify.n: the sweep folder goes through compare, labelled certify.n=...; each job's
+    W&B run is in the group <experiment>/<sweep>."""
+    sweep = tmp_path / "2025-01-31" / "12-00-00"
+    run_script("certify.py", "-m", f"ckpt_path={trained_digits}/checkpoints/last.ckpt", "certify=fast",
+               "certify.max=6", "certify.n0=32", "certify.n=200,300,400", "certify.progress=false", "logger=wandb",
+               f"hydra.sweep.dir={sweep}")
+    result = compare([sweep])
+    assert list(result.table["run"]) == ["certify.n=200", "certify.n=300", "certify.n=400"]
+    for job in ("0", "1", "2"):
+        (summary,) = expected_rows(sweep / job / "certify.tsv", result.radii).values()
+        assert_row_matches(result.table.iloc[int(job)], summary, result.radii)
+        (run_file,) = (sweep / job / "wandb").glob("offline-run-*/*.wandb")
+        assert b"adhoc/2025-01-31/12-00-00" in run_file.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------- experiment configs
+
+
+def experiments() -> list[str]:
+    return sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.fixture
+def fixture_roots(tmp_path):
+    write_cifar10(tmp_path / "cifar", per_batch=3, n_test=2)
+    write_image_folder(tmp_path / "imagenet", classes=("n01", "n02"), splits={"train": 100, "val": 1}, size=(8, 8))
+    return {"insta_rs.data.CIFAR10": tmp_path / "cifar", "insta_rs.data.ImageNet": tmp_path / "imagenet"}
+
+
+def sweeper_params(config_name: str, overrides: list[str]) -> dict:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+            return OmegaConf.to_container(cfg.hydra.sweeper.params)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("name,dataset,model,skip", [("cifar10_paper", "cifar10", "cifar_resnet110", 20),
+                                                     ("imagenet_paper", "imagenet", "resnet50", 100)])
+def test_paper_experiments_compose_and_instantiate(compose, fixture_roots, name, dataset, model, skip):
+    cfg = compose("train", [f"experiment={name}"])
+    target = cfg.dataset._target_
+    small = {"val_size": 2} if target == "insta_rs.data.CIFAR10" else {}
+    overrides = [f"experiment={name}", f"dataset.root={fixture_roots[target]}",
+                 *(f"dataset.{k}={v}" for k, v in small.items())]
+    cfg = compose("train", overrides)
+    assert cfg.experiment_name == name and cfg.trainer.accelerator == "gpu"
+    assert cfg.model == compose("train", [f"model={model}"]).model
+    source = instantiate(cfg.dataset)
+    info = source.info
+    net = instantiate(cfg.model, num_classes=info.num_classes, input_shape=tuple(info.input_shape),
+                      mean=tuple(info.mean), std=tuple(info.std))
+    x, y, _ = source.split("test")[0]
+    assert net(x.unsqueeze(0)).shape == (1, info.num_classes)
+    settings = TrainSettings.from_dict(OmegaConf.to_container(cfg.train, resolve=True))
+    # Cohen et al.'s schedule: 90 epochs, lr 0.1 divided by 10 every 30, batch 400, weight decay 1e-4
+    assert (settings.epochs, settings.lr, settings.lr_schedule, settings.lr_step_size, settings.lr_gamma) == \
+        (90, 0.1, "step", 30, 0.1)
+    assert (settings.batch_size, settings.weight_decay, settings.momentum) == (400, 1e-4, 0.9)
+    assert settings.loss == {"name": "gaussian"} and settings.method == "gaussian"
+    assert sweeper_params("train", [f"experiment={name}"]) == {"train.sigma": "0.25,0.5,1.0"}
+    # the baselines are one override away, and keep the protocol's schedule
+    for loss in ("consistency", "macer"):
+        cfg = compose("train", [f"experiment={name}", f"train/loss={loss}"])
+        assert cfg.train.loss.name == loss and cfg.train.epochs == 90
+    # certification: every skip-th test input, n = 100,000, alpha = 0.001, at the trained sigma
+    cert = compose("certify", [f"experiment={name}_certify", "ckpt_path=x.ckpt"])
+    assert (cert.certify.n0, cert.certify.n, cert.certify.alpha, cert.certify.skip) == (100, 100_000, 0.001, skip)
+    assert cert.certify.split == "test" and cert.certify.max is None and cert.trainer.accelerator == "gpu"
+    assert cert.sigma_search._target_ == "insta_rs.search.base.FixedSigma" and cert.sigma_search.sigma is None
+    assert cert.get("dataset") is None  # the checkpoint's data set
+    assert cert.experiment_name == name
+
+
+def test_digits_baselines_sweeps_the_training_methods(compose):
+    cfg = compose("train", ["experiment=digits_baselines"])
+    assert cfg.dataset._target_ == "insta_rs.data.Digits" and cfg.experiment_name == "digits_baselines"
+    assert sweeper_params("train", ["experiment=digits_baselines"]) == {"train": "gaussian,consistency,macer,insta_rs"}
+    for train in ("gaussian", "consistency", "macer"):
+        cfg = compose("train", ["experiment=digits_baselines", f"train={train}"])
+        assert cfg.train.loss.name == train and cfg.train.lr == 0.05
+        info = instantiate(cfg.dataset).info
+        assert info.num_classes == 10
+
+
+@pytest.mark.parametrize("experiment", experiments())
+def test_every_experiment_composes_with_its_entry_point(compose, experiment):
+    if experiment.endswith("_certify"):
+        cfg = compose("certify", [f"experiment={experiment}", "ckpt_path=x.ckpt"])
+        assert cfg.certify.n >= 1
+    else:
+        cfg = compose("train", [f"experiment={experiment}"])
+        TrainSettings.from_dict(OmegaConf.to_container(cfg.train, resolve=True))
