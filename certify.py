@@ -39,26 +39,12 @@ def device_for(trainer_cfg: DictConfig):
     raise ConfigError(f"trainer.accelerator={accelerator!r} is not supported for certification: expected cpu, gpu or auto")
 
 
-def certify(cfg: DictConfig) -> dict:
-    import torch
-    from hydra.core.hydra_config import HydraConfig
+def load_model(cfg: DictConfig):
+    """The checkpoint's model on its device, the data source to certify on, the trained config and class count."""
     from hydra.utils import instantiate
 
-    from insta_rs import analysis
-    from insta_rs.certificates import ABSTAIN, check_alpha, floor_to
-    from insta_rs.checkpoints import file_digest, model_state, read_checkpoint
-    from insta_rs.errors import DataError, check
-    from insta_rs.search import SearchContext
-    from insta_rs.smoothing import Smooth, check_certify_settings, row_generator
-    from insta_rs.tracking import CERTIFY_COLUMNS, CertificationLog, log_certification_to_wandb, write_json_atomic, write_text_atomic
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
-    c = cfg.certify
-    check(c.split in ("test", "val"), "certify.split", c.split, "test or val")
-    check(isinstance(c.skip, int) and c.skip >= 1, "certify.skip", c.skip, "an integer >= 1")
-    check(c.max is None or (isinstance(c.max, int) and c.max >= 1), "certify.max", c.max, "null or an integer >= 1")
-    check_alpha(c.alpha)
-    check_certify_settings(1.0, c.n0, c.n, c.alpha)
+    from insta_rs.checkpoints import model_state, read_checkpoint
+    from insta_rs.errors import DataError
 
     checkpoint = read_checkpoint(cfg.ckpt_path)
     trained = OmegaConf.create(checkpoint["insta_rs"]["config"])
@@ -74,106 +60,120 @@ def certify(cfg: DictConfig) -> dict:
     model.load_state_dict(model_state(checkpoint))
     device = device_for(cfg.trainer)
     model.to(device).eval()
+    return model, source, dataset_cfg, trained, num_classes, device
+
+
+def certify(cfg: DictConfig) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    from insta_rs.certification import Certifier, certify_split, check_selection, select_indices, write_reports
+    from insta_rs.checkpoints import file_digest
+    from insta_rs.errors import check
+    from insta_rs.search import SearchContext
+    from insta_rs.smoothing import Smooth
+    from insta_rs.tracking import CertificationLog, log_certification_to_wandb
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+    c = cfg.certify
+    check_selection(c.split, c.skip, c.max)
+    check(c.get("consistency", "none") in ("none", "memory"), "certify.consistency", c.get("consistency"), "none or memory")
+    model, source, dataset_cfg, trained, num_classes, device = load_model(cfg)
 
     search_cfg = OmegaConf.to_container(cfg.sigma_search, resolve=True)
     if "sigma" in search_cfg and search_cfg["sigma"] is None:
-        search_cfg["sigma"] = trained.train.get("sigma", trained.train.get("sigma0"))
-    method = instantiate(search_cfg)
+        trained_sigma = trained.train.get("sigma", trained.train.get("sigma0"))
+        check(isinstance(trained_sigma, (int, float)), "sigma_search.sigma", None,
+              f"a number: the checkpoint was trained with train.sigma={trained_sigma}, so name the sigma to certify at")
+        search_cfg["sigma"] = trained_sigma
+    method = instantiate(search_cfg, _convert_="all")
+    smooth = Smooth(model, num_classes, batch_size=c.batch_size, device=device, autocast_dtype=c.get("autocast"),
+                    channels_last=bool(c.get("channels_last", False)), compile=bool(c.get("compile", False)))
+    certifier = Certifier(smooth, method, c.n0, c.n, c.alpha, cfg.seed)
     method.prepare(SearchContext(source=source, num_classes=num_classes, device=device,
                                  trained_config=OmegaConf.to_container(trained, resolve=True),
                                  ckpt_path=str(cfg.ckpt_path)))
-    smooth = Smooth(model, num_classes, batch_size=c.batch_size, device=device)
 
     dataset = source.split(c.split)
-    selected = list(range(0, len(dataset), c.skip))
-    if c.max is not None:
-        selected = selected[: c.max]
-    check(len(dataset) > 0, "certify.split", c.split, "a split with at least one input")
-    check(c.skip <= max(1, len(dataset)), "certify.skip", c.skip,
-          f"at most the split's size ({len(dataset)} inputs); a larger skip selects only input 0")
-
+    selected = select_indices(len(dataset), c.skip, c.max)
     settings = {
         "checkpoint_sha256": file_digest(cfg.ckpt_path),
         "dataset": OmegaConf.to_container(dataset_cfg, resolve=True),
         "sigma_search": search_cfg,
         "seed": cfg.seed,
-        "n0": c.n0, "n": c.n, "alpha": c.alpha, "batch_size": c.batch_size, "split": c.split, "skip": c.skip,
+        "n0": c.n0, "n": c.n, "alpha": c.alpha, "split": c.split, "skip": c.skip,
+        "autocast": c.get("autocast"),
     }
     tsv_path = run_dir / "certify.tsv"
     started = time.time()
-    columns = CERTIFY_COLUMNS + tuple(method.extra_columns)
-    with CertificationLog(tsv_path, settings, columns) as log:
-        done = set(log.done)
-        todo = [i for i in selected if i not in done]
-        progress = _progress(len(selected), len(selected) - len(todo), enabled=c.progress)
-        correct_so_far = 0
-        for idx in todo:
-            x, label, _ = dataset[idx]
-            row_start = time.time()
-            result = method.certify(smooth, x, c.n0, c.n, c.alpha, row_generator(cfg.seed, idx, device))
-            elapsed = time.time() - row_start
-            correct = int(result.predict == int(label) and result.predict != ABSTAIN)
-            log.append({
-                "idx": idx, "label": int(label), "predict": result.predict,
-                "radius": floor_to(result.radius), "correct": correct, "time": round(elapsed, 4),
-                "sigma": result.sigma, "pA_lower": floor_to(result.p_lower), "guarantee": result.guarantee,
-                "search_time": round(result.search_time, 4), "search_draws": result.search_draws,
-                **result.extra,
-            })
-            correct_so_far += correct
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(cert_acc_r0=f"{correct_so_far / progress.n:.3f}" if progress.n else "n/a")
-        if progress is not None:
-            progress.close()
+    with CertificationLog(tsv_path, settings, certifier.columns) as log:
+        progress = _progress(len(selected), len(set(log.done) & set(selected)), enabled=c.progress)
+        certify_split(certifier, dataset, selected, log, on_row=progress)
 
-    rows = analysis.read_certification(tsv_path)
-    rows = rows[rows["idx"].isin(selected)]
-    radii = analysis.radius_grid(info.name)
-    by_guarantee = analysis.summarize_by_guarantee(rows, radii)
-    summary = _summary(rows, by_guarantee, search_cfg, time.time() - started)
-    write_json_atomic(run_dir / "summary.json", summary)
-    table = analysis.markdown_table({method.name: by_guarantee}, radii)
-    write_text_atomic(run_dir / "table.md", table)
-    curve = analysis.certified_accuracy_curve(rows)
-    analysis.plot_certified_accuracy({f"{method.name} ({g})": analysis.certified_accuracy_curve(rows[rows["guarantee"] == g])
-                                      for g in by_guarantee}, run_dir / "certified_accuracy.png",
-                                     title=f"{info.name}: certified accuracy")
-    sigmas = rows["sigma"].astype(float).tolist()
-    analysis.plot_sigma_histogram(sigmas, run_dir / "sigma_hist.png", title=f"{info.name}: sigma per input")
+    tsv_paths = {method.name: tsv_path}
+    extra = {}
+    if c.get("consistency", "none") == "memory":
+        tsv_paths["memory"], extra["memory_changed_rows"] = _memory_pass(run_dir, tsv_path, dataset, selected, settings)
+    summary, table, sigmas = write_reports(run_dir, tsv_paths, selected, source.info.name, method.name, search_cfg,
+                                           time.time() - started, extra)
     print(table)
-    print(f"wrote {tsv_path} and summary.json, table.md, certified_accuracy.png, sigma_hist.png in {run_dir}")
+    if "memory_changed_rows" in extra:
+        print(f"memory pass: changed {extra['memory_changed_rows']} of {len(selected)} rows (certify_memory.tsv)")
+    print(f"wrote {tsv_path.name}, summary.json, table.md, certified_accuracy.png, sigma_hist.png in {run_dir}")
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if wandb_cfg is not None:
+        from insta_rs import analysis
+
+        rows = analysis.read_certification(tsv_path)
+        curve = analysis.certified_accuracy_curve(rows[rows["idx"].isin(selected)])
         log_certification_to_wandb(run_dir, summary, curve, sigmas, OmegaConf.to_container(cfg, resolve=True),
                                    mode="offline" if wandb_cfg.get("offline", True) else "online",
                                    project=wandb_cfg.get("project", "insta-rs"), group=wandb_cfg.get("group"))
     return summary
 
 
-def _summary(rows, by_guarantee: dict, search_cfg: dict, seconds: float) -> dict:
-    """summary.json (INTERFACE.md). With one guarantee label the headline numbers are that label's; with
-    several they are null and ``by_guarantee`` holds each label's numbers, so nothing is mixed silently."""
-    single = next(iter(by_guarantee.values())) if len(by_guarantee) == 1 else None
-    headline = {key: (single[key] if single else None)
-                for key in ("acr", "certified_accuracy", "clean_accuracy", "abstain_rate", "sigma_quantiles")}
-    return {
-        **headline,
-        "rows": int(len(rows)),
-        "guarantee": {label: int(s["rows"]) for label, s in by_guarantee.items()},
-        "sigma_search": search_cfg,
-        "seconds": round(float(rows["time"].sum() + rows["search_time"].sum()), 3),
-        "wall_seconds_this_run": round(seconds, 3),
-        "by_guarantee": by_guarantee,
-    }
+def _memory_pass(run_dir: Path, tsv_path: Path, dataset, selected, settings: dict):
+    """ALGORITHMS.md 3b over the finished rows in index order: a second TSV labelled ``memory``."""
+    from insta_rs import analysis
+    from insta_rs.certificates.memory import memory_consistency
+    from insta_rs.certification import flat_inputs
+    from insta_rs.tracking import CertificationLog
+
+    rows = analysis.read_certification(tsv_path)
+    rows = rows[rows["idx"].isin(selected)].sort_values("idx")
+    predicts, radii, changed = memory_consistency(flat_inputs(dataset, rows["idx"].tolist()),
+                                                  rows["predict"].to_numpy(), rows["radius"].to_numpy())
+    out = run_dir / "certify_memory.tsv"
+    out.unlink(missing_ok=True)
+    out.with_name(out.stem + ".settings.json").unlink(missing_ok=True)
+    columns = [c for c in rows.columns]
+    with CertificationLog(out, {**settings, "consistency": "memory"}, columns) as log:
+        for (_, row), predict, radius in zip(rows.iterrows(), predicts, radii):
+            record = row.to_dict()
+            record.update(predict=int(predict), radius=float(radius), guarantee="memory",
+                          correct=int(int(predict) == int(row["label"]) and int(predict) >= 0))
+            log.append(record)
+    return out, int(changed.sum())
 
 
 def _progress(total: int, initial: int, enabled: bool):
+    """A callable advancing a tqdm bar (inputs done, running certified accuracy at radius 0, ETA), or None."""
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc="certify", unit="input", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=initial, desc="certify", unit="input", dynamic_ncols=True)
+    state = {"correct": 0, "rows": 0}
+
+    def advance(row: dict) -> None:
+        state["correct"] += row["correct"]
+        state["rows"] += 1
+        bar.update(1)
+        bar.set_postfix(cert_acc_r0=f"{state['correct'] / state['rows']:.3f}")
+        if bar.n >= total:
+            bar.close()
+
+    return advance
 
 
 @hydra.main(config_path="conf", config_name="certify", version_base="1.3")

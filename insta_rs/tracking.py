@@ -72,8 +72,8 @@ class CertificationLog:
             if stored != self.settings:
                 key = first_difference(stored, self.settings)
                 raise ConfigError(
-                    f"{key}: the run in {self.path.parent} was made with {_lookup(stored, key)!r}, this command asks for "
-                    f"{_lookup(self.settings, key)!r}; rerun with the same settings to resume, or choose another "
+                    f"{key}: the run in {self.path.parent} was made with {_describe(_lookup(stored, key))}, this command "
+                    f"asks for {_describe(_lookup(self.settings, key))}; rerun with the same settings to resume, or choose another "
                     f"hydra.run.dir")
         elif self.path.exists() and self.path.stat().st_size > 0:
             raise ConfigError(f"{self.path} exists without its settings file {self.settings_path.name}; "
@@ -137,10 +137,14 @@ def first_difference(a, b, prefix: str = "") -> str:
 _MISSING = object()
 
 
+def _describe(value) -> str:
+    return "(not set)" if value is _MISSING else repr(value)
+
+
 def _lookup(d, dotted: str):
     for part in dotted.split("."):
         if not isinstance(d, dict) or part not in d:
-            return None
+            return _MISSING
         d = d[part]
     return d
 

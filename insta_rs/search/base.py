@@ -53,6 +53,9 @@ class SigmaMethod:
     name = "base"
     guarantee = "sound"
     extra_columns: tuple[str, ...] = ()
+    batches_rows = False
+    """True when ``certify_many`` shares forward passes between inputs (the certification loop then
+    hands it as many inputs as fit one batch of draws)."""
 
     def prepare(self, context: SearchContext) -> None:
         """Called once before the first row. Default: nothing to prepare."""
@@ -61,12 +64,19 @@ class SigmaMethod:
                 generator: torch.Generator) -> RowResult:
         raise NotImplementedError
 
+    def certify_many(self, smooth: Smooth, xs: list[torch.Tensor], n0: int, n: int, alpha: float,
+                     generators: list[torch.Generator]) -> list[RowResult]:
+        """Certify several inputs, input i with ``generators[i]`` alone; row i equals
+        ``certify(smooth, xs[i], n0, n, alpha, generators[i])``. Default: one after the other."""
+        return [self.certify(smooth, x, n0, n, alpha, g) for x, g in zip(xs, generators)]
+
 
 class FixedSigma(SigmaMethod):
     """One sigma for every input: CERTIFY of ALGORITHMS.md 1. Guarantee ``sound``."""
 
     name = "fixed"
     guarantee = "sound"
+    batches_rows = True
 
     def __init__(self, sigma: float):
         check_certify_settings(sigma, 1, 1, 0.5)
@@ -76,3 +86,8 @@ class FixedSigma(SigmaMethod):
                 generator: torch.Generator) -> RowResult:
         cert = smooth.certify(x, self.sigma, n0, n, alpha, generator)
         return RowResult(cert.predict, cert.radius, self.sigma, cert.p_lower, self.guarantee)
+
+    def certify_many(self, smooth: Smooth, xs: list[torch.Tensor], n0: int, n: int, alpha: float,
+                     generators: list[torch.Generator]) -> list[RowResult]:
+        certs = smooth.certify_batch(xs, [self.sigma] * len(xs), n0, n, alpha, generators)
+        return [RowResult(c.predict, c.radius, self.sigma, c.p_lower, self.guarantee) for c in certs]
