@@ -1,0 +1,142 @@
+"""A certified sigma selector (ALGORITHMS.md 3d, SOUND.md 3d): guarantee ``sound``.
+
+A trained selector network h_sel maps x to one of the levels sigma_1 < ... < sigma_K (``insta_rs.selector``).
+The instance-wise classifier being certified is
+
+    G(x) = g_{s(x)}(x),   s(x) = g_sel(x) = argmax_k P[h_sel(x + sigma_sel e) = k],
+
+with g_s the base classifier smoothed at level s. Per row, with one generator (all draws fresh):
+
+1. CERTIFY(h_sel, sigma_sel, x, n0_sel, n_sel, alpha/2) (ALGORITHMS.md 1): level s and radius R_sel; if
+   its lower bound is < 1/2 the row abstains (the classifier is not run).
+2. CERTIFY(f, s, x, n0, n, alpha/2) with draws after the selector's: class y and radius R_cls; abstain if
+   it abstains.
+3. Answer y with radius min(R_sel, R_cls).
+
+Why it is sound: inside the ball of radius R_sel, g_sel is constant (= s), so G = g_s there; inside
+the ball of radius R_cls, g_s is constant (= y). Each statement holds with probability >= 1 - alpha/2,
+both together with probability >= 1 - alpha (union bound). The level choice depends on x and the
+selector's draws, but the classifier's bound uses draws independent of them, so it holds conditionally
+on s. The selector is fixed before testing (a checkpoint), and it must belong to the classifier being
+certified: ``prepare`` refuses a selector trained for another checkpoint (SHA-256 mismatch).
+
+TSV columns added: ``level`` (index of the chosen level among the selector's increasing levels; the
+candidate level when the selector abstains), ``radius_selector``, ``radius_classifier``,
+``pA_lower_selector`` and ``limited_by`` (selector | classifier). The ``sigma`` column is the chosen level,
+``pA_lower`` the classifier's bound, ``search_draws`` / ``search_time`` the selector's draws and seconds.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..certificates import ABSTAIN, clopper_pearson_lower, cohen_radius, floor_to
+from ..checkpoints import file_digest
+from ..errors import CheckpointError, DataError, check
+from ..smoothing import Smooth, check_certify_settings
+from .base import RowResult, SearchContext, SigmaMethod
+
+
+def _optional_count(value, setting: str) -> int | None:
+    check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1), setting, value,
+          "null (the certify group's value) or an integer >= 1")
+    return value
+
+
+class SelectorSigma(SigmaMethod):
+    """sigma(x) = the level the smoothed selector certifies at x; radius min(R_sel, R_cls) (SOUND.md 3d).
+
+    ckpt_path: the selector.pt written by ``train=selector`` for the checkpoint being certified.
+    selector_n0 / selector_n: the selector's selection and estimation draws (null: certify.n0 / certify.n).
+    """
+
+    name = "selector"
+    guarantee = "sound"
+    extra_columns = ("level", "radius_selector", "radius_classifier", "pA_lower_selector", "limited_by")
+
+    def __init__(self, ckpt_path: str, selector_n0: int | None = None, selector_n: int | None = None):
+        check(ckpt_path is not None and str(ckpt_path) not in ("", "???"), "sigma_search.ckpt_path", ckpt_path,
+              "the selector.pt written by python train.py train=selector base_ckpt=PATH")
+        self.ckpt_path = str(ckpt_path)
+        self.selector_n0 = _optional_count(selector_n0, "sigma_search.selector_n0")
+        self.selector_n = _optional_count(selector_n, "sigma_search.selector_n")
+        self.model = None
+        self.record: dict = {}
+        self.levels: tuple[float, ...] = ()
+        self.sigma = 0.0
+        self._smooth: Smooth | None = None
+
+    def prepare(self, context: SearchContext) -> None:
+        """Load the selector (weights only) on context.device; refuse it unless it was trained for the
+        classifier being certified (its recorded SHA-256 equals that of context.ckpt_path)."""
+        from ..selector import load_selector
+
+        model, record = load_selector(self.ckpt_path, context.device)
+        if context.ckpt_path is None:
+            raise CheckpointError("sigma_search=selector needs the classifier's checkpoint path to check that the "
+                                  "selector belongs to it: give ckpt_path=PATH")
+        digest = file_digest(context.ckpt_path)
+        if digest != record.get("base_sha256"):
+            raise CheckpointError(f"sigma_search.ckpt_path={self.ckpt_path!r} was trained for the classifier "
+                                  f"{record.get('base_ckpt')!r} (sha256 {str(record.get('base_sha256'))[:12]}...), not "
+                                  f"ckpt_path={str(context.ckpt_path)!r} (sha256 {digest[:12]}...): train a selector "
+                                  "for this checkpoint with train=selector base_ckpt=PATH")
+        info = getattr(context.source, "info", None)
+        shape = tuple(record["dataset_info"]["input_shape"])
+        if info is not None and tuple(info.input_shape) != shape:
+            raise DataError(f"the selector takes inputs of shape {shape} but dataset={info.name!r} has "
+                            f"{tuple(info.input_shape)}: certify on the data set the classifier was trained on")
+        self.set_selector(model, record["levels"], record["sigma"])
+        self.record = record
+
+    def set_selector(self, model: torch.nn.Module, levels, sigma: float) -> None:
+        """Use this selector network (one output per level, levels in increasing order) smoothed at sigma.
+        ``prepare`` calls it with the checkpoint's network; tests and notebooks may call it directly."""
+        from ..selector import check_levels
+
+        self.levels = check_levels(levels, "selector.levels")
+        check(list(self.levels) == [float(v) for v in levels], "selector.levels", list(levels),
+              "levels in increasing order (the selector's output k is the k-th smallest level)")
+        check_certify_settings(float(sigma), 1, 1, 0.5)
+        self.model, self.sigma, self._smooth = model.eval(), float(sigma), None
+
+    def selector_smooth(self, like: Smooth) -> Smooth:
+        """The smoothed selector (float32, the classifier's batch size and device)."""
+        if self.model is None:
+            raise RuntimeError("SelectorSigma.prepare must run before certify")
+        if self._smooth is None or self._smooth.batch_size != like.batch_size or self._smooth.device != like.device:
+            self._smooth = Smooth(self.model.to(like.device), len(self.levels), batch_size=like.batch_size,
+                                  device=like.device)
+        return self._smooth
+
+    def certify(self, smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: float,
+                generator: torch.Generator) -> RowResult:
+        """Steps 1-3 of the module docstring for one input; ``smooth`` is the base classifier."""
+        check_certify_settings(1.0, n0, n, alpha)
+        half = alpha / 2.0
+        sel_n0, sel_n = self.selector_n0 or n0, self.selector_n or n
+        start = time.perf_counter()
+        selector = self.selector_smooth(smooth)
+        # CERTIFY of the selector (ALGORITHMS.md 1): n0 draws pick the level, n fresh draws bound it.
+        candidate = int(selector.sample_counts(x, self.sigma, sel_n0, generator).argmax())
+        count = int(selector.sample_counts(x, self.sigma, sel_n, generator)[candidate])
+        p_sel = clopper_pearson_lower(count, sel_n, half)
+        r_sel = cohen_radius(self.sigma, p_sel)
+        level = self.levels[candidate]
+        search_time = time.perf_counter() - start
+        extra = {"level": candidate, "radius_selector": floor_to(r_sel), "pA_lower_selector": floor_to(p_sel)}
+        if p_sel < 0.5:
+            return RowResult(ABSTAIN, 0.0, level, 0.0, self.guarantee, search_time=search_time,
+                             search_draws=sel_n0 + sel_n,
+                             extra={**extra, "radius_classifier": 0.0, "limited_by": "selector"})
+        cert = smooth.certify(x, level, n0, n, half, generator)
+        limited_by = "selector" if r_sel <= cert.radius else "classifier"
+        if cert.predict == ABSTAIN:
+            radius, limited_by = 0.0, "classifier"
+        else:
+            radius = min(r_sel, cert.radius)
+        return RowResult(cert.predict, radius, level, cert.p_lower, self.guarantee, search_time=search_time,
+                         search_draws=sel_n0 + sel_n,
+                         extra={**extra, "radius_classifier": floor_to(cert.radius), "limited_by": limited_by})
