@@ -5,10 +5,15 @@
 Writes certify.tsv (one flushed row per input; ALGORITHMS.md section 6), then summary.json, table.md,
 certified_accuracy.png and sigma_hist.png. Rerunning the same command in the same run directory
 (hydra.run.dir=...) resumes after the last complete row; the rows are identical either way.
+
+With trainer=ddp (GPUs) or trainer=ddp_sim (two CPU processes) the inputs are sharded across ranks
+through trainer.predict (insta_rs/distributed.py): each rank writes shards/rank<r>.tsv, rank 0 merges them
+into certify.tsv in index order. The rows equal a single process's; a rerun with any world size resumes.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,7 +21,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from insta_rs.cli import check_group_choices, user_errors
+from insta_rs.cli import check_group_choices, pinned_sweep_dir, share_sweep_dir_with_ranks, user_errors
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -37,6 +42,22 @@ def device_for(trainer_cfg: DictConfig):
     if accelerator == "cpu":
         return torch.device("cpu")
     raise ConfigError(f"trainer.accelerator={accelerator!r} is not supported for certification: expected cpu, gpu or auto")
+
+
+def is_distributed(trainer_cfg: DictConfig) -> bool:
+    """True for a DDP trainer config (conf/trainer/ddp.yaml, ddp_sim.yaml): certify through trainer.predict."""
+    return str(trainer_cfg.get("strategy", "auto")).startswith("ddp") or int(trainer_cfg.get("num_nodes", 1)) > 1
+
+
+def _predict_trainer(cfg: DictConfig, callbacks, run_dir: Path):
+    """The Lightning Trainer of conf/trainer for sharded certification: our ShardSampler instead of
+    Lightning's (which would pad by repeating inputs), no logger, no checkpoints, no BatchNorm syncing;
+    Lightning's progress bar counts rank 0's batches."""
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.trainer, logger=False, callbacks=callbacks, use_distributed_sampler=False,
+                       enable_checkpointing=False, enable_model_summary=False, sync_batchnorm=False,
+                       enable_progress_bar=bool(cfg.certify.progress), default_root_dir=str(run_dir))
 
 
 def load_model(cfg: DictConfig):
@@ -67,6 +88,7 @@ def certify(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
+    from insta_rs import distributed
     from insta_rs.certification import Certifier, certify_split, check_selection, select_indices, write_reports
     from insta_rs.checkpoints import file_digest
     from insta_rs.errors import check
@@ -75,6 +97,8 @@ def certify(cfg: DictConfig) -> dict:
     from insta_rs.tracking import CertificationLog, log_certification_to_wandb
 
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+    hydra_config = HydraConfig.get()
+    share_sweep_dir_with_ranks(hydra_config.mode, hydra_config.sweep.dir)
     c = cfg.certify
     check_selection(c.split, c.skip, c.max)
     check(c.get("consistency", "none") in ("none", "memory"), "certify.consistency", c.get("consistency"), "none or memory")
@@ -103,12 +127,27 @@ def certify(cfg: DictConfig) -> dict:
         "seed": cfg.seed,
         "n0": c.n0, "n": c.n, "alpha": c.alpha, "split": c.split, "skip": c.skip,
         "autocast": c.get("autocast"),
+        # the other speed options can change a model's last bits, so a resume must keep them; recorded only
+        # when on, so runs made before these keys existed still resume
+        **{key: True for key in ("channels_last", "compile") if c.get(key, False)},
     }
     tsv_path = run_dir / "certify.tsv"
     started = time.time()
-    with CertificationLog(tsv_path, settings, certifier.columns) as log:
-        progress = _progress(len(selected), len(set(log.done) & set(selected)), enabled=c.progress)
-        certify_split(certifier, dataset, selected, log, on_row=progress)
+    if is_distributed(cfg.trainer):
+        # shards across ranks (insta_rs/distributed.py); only rank 0 goes on to the reports
+        if not distributed.certify_sharded(certifier, dataset, selected, tsv_path, settings,
+                                           lambda callbacks: _predict_trainer(cfg, callbacks, run_dir)):
+            return None
+    else:
+        # rows left in shards by an earlier distributed run count as done, and are merged afterwards
+        shards = distributed.shard_paths(run_dir)
+        in_shards = distributed.done_indices(tsv_path, settings, certifier.columns) if shards else set()
+        with CertificationLog(tsv_path, settings, certifier.columns) as log:
+            done = set(log.done) | in_shards
+            progress = _progress(len(selected), len(done & set(selected)), enabled=c.progress)
+            certify_split(certifier, dataset, [i for i in selected if i not in in_shards], log, on_row=progress)
+        if shards:
+            distributed.merge_shards(tsv_path, settings, certifier.columns, selected)
 
     tsv_paths = {method.name: tsv_path}
     extra = {}
@@ -178,9 +217,10 @@ def _progress(total: int, initial: int, enabled: bool):
 
 @hydra.main(config_path="conf", config_name="certify", version_base="1.3")
 @user_errors
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     try:
-        return certify(cfg)["acr"]
+        summary = certify(cfg)
+        return None if summary is None else summary["acr"]  # None on DDP ranks other than 0
     finally:
         import wandb
 
@@ -190,4 +230,5 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     check_group_choices(sys.argv[1:], CONF_DIR)
+    sys.argv = pinned_sweep_dir(sys.argv)
     main()

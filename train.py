@@ -16,20 +16,21 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from insta_rs.cli import check_group_choices, user_errors
+from insta_rs.cli import check_group_choices, pinned_sweep_dir, share_sweep_dir_with_ranks, user_errors
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def run_directory() -> Path:
-    """The Hydra run directory. DDP ranks started by Lightning inherit it through INSTA_RS_RUN_DIR, so every
-    rank of one job (also inside a multirun) writes to the same folder."""
+    """The Hydra run directory, exported as INSTA_RS_RUN_DIR for the configs (checkpoints, loggers). DDP
+    ranks started by Lightning get the same directory: Lightning passes rank 0's hydra.run.dir to a single
+    run's children, and in a multirun ``pinned_sweep_dir`` gives them rank 0's sweep directory, whose job
+    folders they then share job by job."""
     from hydra.core.hydra_config import HydraConfig
 
-    inherited = os.environ.get("INSTA_RS_RUN_DIR")
-    if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
-        return Path(inherited)
-    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+    config = HydraConfig.get()
+    share_sweep_dir_with_ranks(config.mode, config.sweep.dir)
+    run_dir = Path(config.runtime.output_dir).resolve()
     os.environ["INSTA_RS_RUN_DIR"] = str(run_dir)
     return run_dir
 
@@ -146,4 +147,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     check_group_choices(sys.argv[1:], CONF_DIR)
+    sys.argv = pinned_sweep_dir(sys.argv)
     main()

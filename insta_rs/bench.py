@@ -1,6 +1,7 @@
 """How fast certification runs, against a naive loop and against the model's own forward pass.
 
     python -m insta_rs.bench certify [--model small_cnn|cifar_resnet20] [--n 10000] [--rows 2] [--quick]
+    python -m insta_rs.bench certify --ranks 2 [--model ...] [--rows 16]   # sharded over 2 CPU processes
     python -m insta_rs.bench search  [--model small_cnn|cifar_resnet20] [--n 100000] [--quick]
 
 ``certify`` measures, in one process with one model (random initialisation from ``--seed``), one n and
@@ -18,6 +19,10 @@ Each is warmed up, then measured ``--repeats`` times, interleaved round by round
 load hits all three alike; the median is reported. The bench prints a/b and a/c, where the time of (a)
 goes (noise, shift = multiply by sigma and add x, forward, count, other), and ends with one line of
 ``name=value`` pairs (``speedup_vs_naive=... fraction_of_forward=...``) for scripts.
+
+``certify --ranks R`` times ``insta_rs.distributed.certify_sharded`` (the path of ``certify.py
+trainer=ddp_sim``: sharding, per-rank shard files, merge) on R CPU processes against one process, both
+with the same cores, checks that the rows agree, and ends with ``speedup_ranks=...``.
 
 ``search`` runs the Insta-RS sigma search (``insta_rs.search.insta_rs.InstaRSSearch`` at its default
 knobs, ALGORITHMS.md 2) and prints its draws and seconds as a fraction of the certification that
@@ -115,14 +120,21 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def forward_rate(model, batch: torch.Tensor, device, autocast_dtype, calls: int) -> float:
-    """Draws per second of the bare forward pass + argmax on a ready batch: median over ``calls`` calls."""
+def forward_rate(model, batch: torch.Tensor, device, autocast_dtype, draws: int) -> float:
+    """Draws per second of the bare forward pass + argmax on a ready batch, timed over at least ``draws``
+    images (whole batches, back to back) after one warm-up call."""
     def run():
         with torch.inference_mode(), _autocast(device, autocast_dtype):
             model(batch).argmax(1)
 
     run()  # warm-up (and compilation, for a compiled model)
-    return batch.shape[0] / statistics.median(timed(run, device) for _ in range(calls))
+    calls = max(1, math.ceil(draws / batch.shape[0]))
+
+    def run_all():
+        for _ in range(calls):
+            run()
+
+    return calls * batch.shape[0] / timed(run_all, device)
 
 
 def _autocast(device: torch.device, dtype):
@@ -138,16 +150,22 @@ def _prepare(model, channels_last: bool, compile_model: bool):
     return torch.compile(model, dynamic=False) if compile_model else model
 
 
-def search_ceiling(model, shape, batch_sizes, formats, device, autocast_dtype, compile_model, calls: int):
-    """The forward rate for every (batch size, memory format); returns ({(bs, cl): rate}, best key)."""
-    rates = {}
-    for channels_last in formats:
-        prepared = _prepare(model, channels_last, compile_model).to(device)
+def search_ceiling(model, shape, batch_sizes, formats, device, autocast_dtype, compile_model, calls: int,
+                   draws: int):
+    """The forward rate for every (batch size, memory format); returns ({(bs, cl): rate}, best key).
+    Each configuration is measured ``calls`` times (``draws`` images each), round by round across configurations (so a burst of
+    background load does not pick the winner), and its median is kept."""
+    prepared = {cl: _prepare(model, cl, compile_model).to(device) for cl in formats}
+    batches = {}
+    for cl in formats:
         for bs in batch_sizes:
             batch = torch.rand((bs, *shape), device=device)
-            if channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            rates[(bs, channels_last)] = forward_rate(prepared, batch, device, autocast_dtype, calls)
+            batches[(bs, cl)] = batch.contiguous(memory_format=torch.channels_last) if cl else batch
+    samples = {key: [] for key in batches}
+    for _ in range(calls):
+        for (bs, cl), batch in batches.items():
+            samples[(bs, cl)].append(forward_rate(prepared[cl], batch, device, autocast_dtype, draws))
+    rates = {key: statistics.median(values) for key, values in samples.items()}
     return rates, max(rates, key=rates.get)
 
 
@@ -168,7 +186,7 @@ def bench_certify(args) -> dict:
           f"torch={torch.__version__}", flush=True)
 
     rates, best = search_ceiling(model, shape, args.batch_sizes, formats, device, autocast_dtype, args.compile,
-                                 calls=max(2, args.repeats))
+                                 calls=max(2, args.repeats), draws=2 * max(args.batch_sizes))
     print("forward ceiling search (draws/s): " + "  ".join(
         f"bs={bs}{' cl' if cl else ''}={rate:,.0f}" for (bs, cl), rate in rates.items()), flush=True)
     batch_size, channels_last = best
@@ -198,7 +216,7 @@ def bench_certify(args) -> dict:
     warm_n = min(args.n, 2 * batch_size)
     smooth.certify_batch(rows, sigma, args.n0, warm_n, alpha, [row_generator(args.seed, i, device) for i in range(args.rows)])
     naive_certify(naive_model, inputs[0], sigma, args.n0, min(args.n, NAIVE_BATCH), alpha, num_classes, device)
-    forward_rate(ceiling_model, ceiling_batch, device, autocast_dtype, calls=1)
+    forward_rate(ceiling_model, ceiling_batch, device, autocast_dtype, draws=1)
 
     samples = {"a": [], "a1": [], "b": [], "c": []}
     for round_ in range(args.repeats):
@@ -206,8 +224,7 @@ def bench_certify(args) -> dict:
         samples["b"].append(draws_per_row / timed(lambda: run_b(i), device))
         samples["a"].append(args.rows * draws_per_row / timed(run_a, device))
         samples["a1"].append(draws_per_row / timed(lambda: run_a1(i), device))
-        samples["c"].append(forward_rate(ceiling_model, ceiling_batch, device, autocast_dtype,
-                                         calls=max(2, args.repeats)))
+        samples["c"].append(forward_rate(ceiling_model, ceiling_batch, device, autocast_dtype, draws_per_row))
     rate = {key: statistics.median(values) for key, values in samples.items()}
 
     # where the time of (a) goes (one more run, timed per phase; not part of the rates above)
@@ -242,6 +259,88 @@ def bench_certify(args) -> dict:
         "noise_share": share.get("noise", 0.0), "forward_share": share.get("forward", 0.0),
         "model": args.model, "n": args.n, "threads": torch.get_num_threads(),
     }
+    print(format_pairs(pairs), flush=True)
+    return pairs
+
+
+# -- bench certify --ranks R ---------------------------------------------------------------------------
+
+def _sharded_seconds(certifier, dataset, indices, ranks: int, threads: int, out_dir) -> float:
+    """Wall seconds of ``distributed.certify_sharded`` over ``indices`` with ``ranks`` CPU processes (Lightning
+    ``ddp_spawn`` over gloo, ``threads`` torch threads each; process start-up included) or, for one rank, in
+    this process. Returns the seconds; the merged TSV is left in ``out_dir``."""
+    import os
+
+    import pytorch_lightning as pl
+
+    from . import distributed
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by the spawned processes
+    torch.set_num_threads(threads)
+
+    def make_trainer(callbacks):
+        kwargs = {"strategy": "ddp_spawn", "devices": ranks} if ranks > 1 else {"devices": 1}
+        return pl.Trainer(accelerator="cpu", logger=False, callbacks=callbacks, use_distributed_sampler=False,
+                          enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                          default_root_dir=str(out_dir), **kwargs)
+
+    start = time.perf_counter()
+    distributed.certify_sharded(certifier, dataset, indices, out_dir / "certify.tsv", {"bench": True}, make_trainer)
+    return time.perf_counter() - start
+
+
+def bench_ranks(args) -> dict:
+    """Certification of ``--rows`` inputs sharded over ``--ranks`` CPU processes against one process, each
+    setting given the same cores (threads per rank = threads // ranks); rows are checked to be identical."""
+    import logging
+    import tempfile
+    from pathlib import Path
+
+    from .certification import Certifier
+    from .search.base import FixedSigma
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    logging.getLogger("lightning_fabric").setLevel(logging.WARNING)
+    check(args.ranks >= 2, "--ranks", args.ranks, "an integer >= 2 (the speed-up is against one rank)")
+    threads = args.threads or torch.get_num_threads()
+    per_rank = max(1, threads // args.ranks)
+    model, shape = build_model(args.model, args.quick, args.seed)
+    inputs = random_inputs(args.rows, shape, args.seed)
+    dataset = [(inputs[i], 0, i) for i in range(args.rows)]
+    smooth = Smooth(model, model.num_classes, batch_size=args.batch_size, device="cpu",
+                    channels_last=args.channels_last != "off")
+    certifier = Certifier(smooth, FixedSigma(args.sigma), args.n0, args.n, args.alpha, args.seed)
+    print(f"bench certify --ranks {args.ranks}: model={args.model}{' (quick: tiny)' if args.quick else ''} "
+          f"rows={args.rows} n0={args.n0} n={args.n} batch_size={args.batch_size} threads: 1 rank x {threads}, "
+          f"{args.ranks} ranks x {per_rank} (processes started by Lightning ddp_spawn, gloo)", flush=True)
+    seconds = {1: [], args.ranks: []}
+    busy = {1: [], args.ranks: []}
+    bodies = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.repeats):
+            for ranks in (1, args.ranks):
+                out = Path(tmp) / f"r{ranks}_{round_}"
+                out.mkdir()
+                seconds[ranks].append(_sharded_seconds(certifier, dataset, list(range(args.rows)), ranks,
+                                                       threads if ranks == 1 else per_rank, out))
+                lines = (out / "certify.tsv").read_text().splitlines()
+                bodies[ranks] = [line.split("\t")[:5] for line in lines]  # idx, label, predict, radius, correct
+                # certification seconds without process start-up: the busiest rank's sum of its rows' times
+                # (rank r certified positions r, r + R, ...; here position = idx)
+                times = [float(line.split("\t")[5]) for line in lines[1:]]
+                busy[ranks].append(max(sum(times[r::ranks]) for r in range(ranks)))
+    torch.set_num_threads(threads)
+    one, many = statistics.median(seconds[1]), statistics.median(seconds[args.ranks])
+    draws = args.rows * (args.n0 + args.n)
+    print(f"1 rank: {one:.2f} s ({draws / one:,.0f} draws/s)   {args.ranks} ranks: {many:.2f} s "
+          f"({draws / many:,.0f} draws/s)   samples: " + "  ".join(f"{k}={[round(v, 2) for v in vals]}"
+                                                               for k, vals in seconds.items()))
+    busy_one, busy_many = statistics.median(busy[1]), statistics.median(busy[args.ranks])
+    print(f"without process start-up (busiest rank's certification seconds): 1 rank {busy_one:.2f} s, "
+          f"{args.ranks} ranks {busy_many:.2f} s")
+    pairs = {"speedup_ranks": one / many, "speedup_ranks_steady": busy_one / max(busy_many, 1e-9), "ranks": args.ranks, "seconds_1_rank": one,
+             f"seconds_{args.ranks}_ranks": many, "rows_identical": int(bodies[1] == bodies[args.ranks]),
+             "model": args.model, "n": args.n, "rows": args.rows, "threads": threads}
     print(format_pairs(pairs), flush=True)
     return pairs
 
@@ -373,6 +472,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--train-steps", type=int, default=300, help="search, small_cnn: SGD steps on digits first")
+    p.add_argument("--ranks", type=int, default=1,
+                   help="certify: >= 2 measures sharded certification on that many CPU processes against one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny model, small n, one repeat (for tests)")
     return p
@@ -382,16 +483,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.quick:
-            args.n = args.n or 256
+            args.n = 256 if args.n is None else args.n
             args.n0 = min(args.n0, 16)
-            args.rows = args.rows or 2
+            args.rows = 2 if args.rows is None else args.rows
             args.repeats = 1
             args.batch_sizes = args.batch_sizes or [64, 128]
             args.train_steps = min(args.train_steps, 20)
-        args.n = args.n or (10_000 if args.what == "certify" else 100_000)
-        args.rows = args.rows or (2 if args.what == "certify" else 3)
+        if args.n is None:
+            args.n = 10_000 if args.what == "certify" else 100_000
+        if args.rows is None:
+            args.rows = 2 if args.what == "certify" else 3
         args.batch_sizes = args.batch_sizes or [128, 256, 512, 1000, 2000]
-        for name in ("n", "n0", "rows", "repeats", "batch_size"):
+        for name in ("n", "n0", "rows", "repeats", "batch_size", "ranks"):
             value = getattr(args, name)
             check(value >= 1, f"--{name.replace('_', '-')}", value, "an integer >= 1")
         check(args.sigma > 0 and math.isfinite(args.sigma), "--sigma", args.sigma, "a finite number > 0")
@@ -400,7 +503,12 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"--device={args.device!r} but no CUDA device is visible: use --device cpu")
-        (bench_certify if args.what == "certify" else bench_search)(args)
+        if args.what == "certify" and args.ranks != 1:
+            if not args.quick and args.rows < 8 * args.ranks:
+                args.rows = 8 * args.ranks  # enough rows to amortise starting the processes
+            bench_ranks(args)
+        else:
+            (bench_certify if args.what == "certify" else bench_search)(args)
     except InstaRSError as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_code

@@ -7,6 +7,7 @@ This module reads the conf/ folder as files; it does not import Hydra.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -74,3 +75,24 @@ def check_group_choices(argv: list[str], conf_dir: str | Path) -> None:
         for choice in value.split(","):
             if choice not in choices:
                 fail(ConfigError(f"{key}={choice!r} is not a known choice: expected one of {', '.join(choices)}"), 2)
+
+
+SWEEP_DIR_ENV = "INSTA_RS_SWEEP_DIR"
+
+
+def share_sweep_dir_with_ranks(mode, sweep_dir) -> None:
+    """In a multirun (``mode``: Hydra's RunMode or its name), export the sweep's directory for the DDP
+    ranks Lightning starts. A child rank reruns the script with the same ``-m`` command line, so it runs
+    the same jobs in the same order, in lockstep with rank 0; ``pinned_sweep_dir`` pins its
+    ``hydra.sweep.dir`` to this one, so its job folders are rank 0's (``<sweep>/<job number>``) instead
+    of a second sweep folder stamped with a later time."""
+    if str(mode).upper().endswith("MULTIRUN") and os.environ.get("LOCAL_RANK", "0") == "0":
+        os.environ[SWEEP_DIR_ENV] = str(Path(str(sweep_dir)).resolve())
+
+
+def pinned_sweep_dir(argv: list[str]) -> list[str]:
+    """``argv`` plus ``hydra.sweep.dir=<rank 0's>`` for a DDP child rank of a multirun (see above)."""
+    sweep_dir = os.environ.get(SWEEP_DIR_ENV)
+    if os.environ.get("LOCAL_RANK", "0") != "0" and sweep_dir and ("-m" in argv or "--multirun" in argv):
+        return [*argv, f'hydra.sweep.dir="{sweep_dir}"']
+    return argv

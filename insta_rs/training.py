@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -255,7 +256,13 @@ class SmoothingClassifier(pl.LightningModule):
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_started = time.perf_counter()
+
     def on_train_epoch_end(self) -> None:
+        # wall seconds of the epoch's training loop (validation excluded): stage 2's cost against stage 1's
+        self.log("train/epoch_seconds", time.perf_counter() - self._epoch_started, on_step=False, on_epoch=True,
+                 rank_zero_only=True)
         if self.sigma_table is None:
             return
         s = self.settings

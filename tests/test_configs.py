@@ -31,7 +31,7 @@ def test_train_configs_compose_and_build_a_module(compose, train):
     model = instantiate(cfg.model, num_classes=info.num_classes, input_shape=tuple(info.input_shape),
                         mean=tuple(info.mean), std=tuple(info.std))
     settings = TrainSettings.from_dict(OmegaConf.to_container(cfg.train, resolve=True))
-    module = SmoothingClassifier(model, info.num_classes, settings, dataset_info=dataclasses.asdict(info))
+    module = SmoothingClassifier(model, info.num_classes, settings, dataset_info=dataclasses.asdict(info), num_train=10)
     x = torch.rand(2, *info.input_shape)
     assert module(x).shape == (2, info.num_classes)
 
