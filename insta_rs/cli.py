@@ -67,8 +67,11 @@ def check_group_choices(argv: list[str], conf_dir: str | Path) -> None:
         key, value = arg.split("=", 1)
         key = key.lstrip("+~")
         group_dir = conf_dir / key
+        if key == "hydra/launcher":
+            check_launcher(value)
+            continue
         if key.startswith("hydra/"):
-            group_dir = None  # Hydra's own groups (launchers, sweepers) come from plugins
+            group_dir = None  # Hydra's own groups (sweepers, loggers) come from Hydra
         if group_dir is None or not group_dir.is_dir() or value in ("null", ""):
             continue
         choices = sorted(p.stem for p in group_dir.glob("*.yaml"))
@@ -96,3 +99,23 @@ def pinned_sweep_dir(argv: list[str]) -> list[str]:
     if os.environ.get("LOCAL_RANK", "0") != "0" and sweep_dir and ("-m" in argv or "--multirun" in argv):
         return [*argv, f'hydra.sweep.dir="{sweep_dir}"']
     return argv
+
+
+LAUNCHERS = {
+    "basic": (None, None),
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+}
+
+
+def check_launcher(name: str) -> None:
+    """Exit 2 with one line for ``hydra/launcher=NAME`` when NAME is unknown or its plugin is not installed."""
+    import importlib.util
+
+    if name not in LAUNCHERS:
+        fail(ConfigError(f"hydra/launcher={name!r} is not a known launcher: expected one of {', '.join(LAUNCHERS)}"), 2)
+    module, package = LAUNCHERS[name]
+    if module is not None and importlib.util.find_spec(module) is None:
+        fail(ConfigError(f"hydra/launcher={name!r} needs the {package} plugin, which is not installed: "
+                         f"pip install {package}"), 2)
