@@ -40,9 +40,12 @@ results-digits: install
 	$(PY) train.py -m experiment=digits_results train=consistency,macer train.sigma=0.25 hydra.sweep.dir=$(R)/train/baselines
 	$(PY) train.py experiment=digits_results train=insta_rs hydra.run.dir=$(R)/train/insta_rs
 	$(PY) certify.py -m $(CERT) ckpt_path=$(R)/train/gaussian/0/checkpoints/last.ckpt,$(R)/train/gaussian/1/checkpoints/last.ckpt,$(R)/train/gaussian/2/checkpoints/last.ckpt,$(R)/train/gaussian/3/checkpoints/last.ckpt,$(R)/train/baselines/0/checkpoints/last.ckpt,$(R)/train/baselines/1/checkpoints/last.ckpt hydra.sweep.dir=$(R)/certify/fixed
-	$(PY) certify.py -m $(CERT) ckpt_path=$(R)/train/across_sigmas/checkpoints/last.ckpt sigma_search=grid,cascade,semi_elastic hydra.sweep.dir=$(R)/certify/across_sigmas
+	$(PY) certify.py -m $(CERT) ckpt_path=$(R)/train/across_sigmas/checkpoints/last.ckpt sigma_search=grid,cascade hydra.sweep.dir=$(R)/certify/across_sigmas/sound
+	$(PY) certify.py $(CERT) ckpt_path=$(R)/train/across_sigmas/checkpoints/last.ckpt sigma_search=semi_elastic sigma_search.sigma_b=0.25 hydra.run.dir=$(R)/certify/across_sigmas/semi_elastic
 	$(PY) certify.py $(CERT) ckpt_path=$(R)/train/across_sigmas/checkpoints/last.ckpt sigma_search=insta_rs certify.consistency=memory hydra.run.dir=$(R)/certify/across_sigmas/insta_rs
-	$(PY) certify.py -m $(CERT) ckpt_path=$(R)/train/insta_rs/checkpoints/last.ckpt sigma_search=insta_rs,grid hydra.sweep.dir=$(R)/certify/insta_rs_train
+	$(PY) certify.py -m $(CERT) ckpt_path=$(R)/train/insta_rs/checkpoints/last.ckpt sigma_search=fixed,insta_rs,grid hydra.sweep.dir=$(R)/certify/insta_rs_train
+	$(PY) train.py train=selector base_ckpt=$(R)/train/insta_rs/checkpoints/last.ckpt logger=csv hydra.run.dir=$(R)/train/selector
+	$(PY) certify.py $(CERT) ckpt_path=$(R)/train/insta_rs/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(R)/train/selector/selector.pt hydra.run.dir=$(R)/certify/insta_rs_train/selector
 	$(PY) -m insta_rs.compare $(R)/certify $(R)/certify/across_sigmas/insta_rs/certify_memory.tsv --out $(R)
 
 clean:

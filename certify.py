@@ -218,14 +218,8 @@ def _progress(total: int, initial: int, enabled: bool):
 @hydra.main(config_path="conf", config_name="certify", version_base="1.3")
 @user_errors
 def main(cfg: DictConfig) -> float | None:
-    try:
-        summary = certify(cfg)
-        return None if summary is None else summary["acr"]  # None on DDP ranks other than 0
-    finally:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
+    summary = certify(cfg)
+    return None if summary is None else summary["acr"]  # None on DDP ranks other than 0
 
 
 if __name__ == "__main__":

@@ -136,13 +136,7 @@ def train_selector(cfg: DictConfig, run_dir: Path) -> None:
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 @user_errors
 def main(cfg: DictConfig) -> float | None:
-    try:
-        return train(cfg)
-    finally:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
+    return train(cfg)
 
 
 if __name__ == "__main__":

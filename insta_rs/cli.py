@@ -28,6 +28,8 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         from omegaconf.errors import OmegaConfBaseException
 
+        # W&B's console chatter drowns the results table; its runs still land under <run dir>/wandb
+        os.environ.setdefault("WANDB_SILENT", "true")
         try:
             return fn(*args, **kwargs)
         except InstaRSError as error:
@@ -42,8 +44,17 @@ def user_errors(fn):
             if isinstance(error, OmegaConfBaseException):
                 fail(ConfigError(str(error).splitlines()[0]), 2)
             raise
+        finally:
+            finish_wandb()
 
     return wrapper
+
+
+def finish_wandb() -> None:
+    """Close a W&B run left open (each job of a multirun must finish its own run)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def user_error_cause(error: BaseException) -> InstaRSError | None:
