@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-quick results-digits clean
+.PHONY: install demo test test-quick results-digits results-cifar-jpg clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,17 @@ results-digits: install
 	$(PY) train.py train=selector base_ckpt=$(R)/train/insta_rs/checkpoints/last.ckpt logger=csv hydra.run.dir=$(R)/train/selector
 	$(PY) certify.py $(CERT) ckpt_path=$(R)/train/insta_rs/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(R)/train/selector/selector.pt hydra.run.dir=$(R)/certify/insta_rs_train/selector
 	$(PY) -m insta_rs.compare $(R)/certify $(R)/certify/across_sigmas/insta_rs/certify_memory.tsv --out $(R)
+
+# CPU-sized results on the 12,000-image CIFAR-10 JPEG subset (../shared/data/cifar10-jpg-12k): two
+# Gaussian models (sigma 0.25, 0.5), certified on every 20th test image (100) with n = 2000.
+RC := outputs/results/cifar_jpg
+CERTC := certify=fast certify.n0=100 certify.n=2000 certify.skip=20 certify.progress=false logger=none
+results-cifar-jpg: install
+	rm -rf $(RC)
+	$(PY) train.py -m experiment=cifar_jpg_results train.sigma=0.25,0.5 hydra.sweep.dir=$(RC)/train/gaussian
+	$(PY) certify.py -m $(CERTC) ckpt_path=$(RC)/train/gaussian/0/checkpoints/last.ckpt,$(RC)/train/gaussian/1/checkpoints/last.ckpt hydra.sweep.dir=$(RC)/certify/fixed
+	$(PY) certify.py -m $(CERTC) ckpt_path=$(RC)/train/gaussian/0/checkpoints/last.ckpt sigma_search=insta_rs,grid hydra.sweep.dir=$(RC)/certify/search
+	$(PY) -m insta_rs.compare $(RC)/certify --dataset cifar10 --out $(RC)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

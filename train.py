@@ -35,6 +35,22 @@ def run_directory() -> Path:
     return run_dir
 
 
+def keep_csv_metrics(loggers) -> None:
+    """Lightning's CSV logger starts metrics.csv afresh on a resumed run; keep the interrupted run's file as
+    csv/metrics.before_resume_<k>.csv (k = 1, 2, ...) so no epoch's metrics are lost."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    for logger in loggers:
+        if type(logger).__name__ != "CSVLogger":
+            continue
+        metrics = Path(logger.log_dir) / "metrics.csv"
+        if metrics.is_file():
+            k = 1
+            while (metrics.parent / f"metrics.before_resume_{k}.csv").exists():
+                k += 1
+            metrics.rename(metrics.parent / f"metrics.before_resume_{k}.csv")
+
+
 RESUME_MUST_MATCH = ("dataset", "model", "train")
 RESUME_MAY_DIFFER = ("train.epochs",)
 
@@ -89,21 +105,25 @@ def train(cfg: DictConfig) -> float | None:
     model = instantiate(cfg.model, num_classes=info.num_classes, input_shape=tuple(info.input_shape),
                         mean=tuple(info.mean), std=tuple(info.std))
     config = OmegaConf.to_container(cfg, resolve=True)
+    ckpt_path = cfg.ckpt_path
+    if ckpt_path == "last":
+        ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
+    if ckpt_path is not None:  # before anything is written: a refused resume leaves the run directory as it was
+        check_resumable(ckpt_path, config, info.num_classes)
     num_train = len(source.split("train")) if settings.method == "insta_rs" else None
     module = SmoothingClassifier(model, info.num_classes, settings, config=config,
                                  dataset_info=dataclasses.asdict(info), num_train=num_train, run_dir=run_dir)
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    if ckpt_path is not None:
+        keep_csv_metrics(loggers)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor without a logger to write to
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir))
     if trainer.is_global_zero:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config))
     for logger in loggers:
         logger.log_hyperparams(config)
-    ckpt_path = cfg.ckpt_path
-    if ckpt_path == "last":
-        ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
-    if ckpt_path is not None:
-        check_resumable(ckpt_path, config, info.num_classes)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metric = trainer.callback_metrics.get("val/acc_noisy")
     return None if metric is None else float(metric)

@@ -100,7 +100,7 @@ def plot_sigma_table(sigmas, difficulty, path: str | Path, title: str) -> None:
     known = np.isfinite(difficulty)
     jitter = np.random.default_rng(0).uniform(-0.015, 0.015, known.sum())
     right.scatter(difficulty[known] + jitter, sigmas[known], s=4, alpha=0.4)
-    right.set_xlabel("stage-1 model's accuracy under noise at sigma0 (m_update draws)")
+    right.set_xlabel("stage-1 model's accuracy under noise at sigma0")
     right.set_ylabel("sigma")
     right.set_title("sigma vs difficulty")
     fig.suptitle(title)

@@ -156,6 +156,8 @@ class SmoothingClassifier(pl.LightningModule):
             self.label_table = torch.full((num_train,), -1, dtype=torch.long)
             self.difficulty = torch.full((num_train,), float("nan"))
         self._visits = 0
+        # debug hook for tests: set to a list and every update appends this rank's own (idx, sigma) before the gather
+        self.recorded_updates: list | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -182,9 +184,17 @@ class SmoothingClassifier(pl.LightningModule):
 
     @torch.no_grad()
     def update_sigmas(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
-        """ALGORITHMS.md 4: update the batch's sigmas (model in eval mode, no gradient), then make every
-        rank apply every rank's updates. The first stage-2 estimate of phat_y(sigma0) is kept per example
-        as its difficulty signal (the stage-1 model's accuracy under noise)."""
+        """ALGORITHMS.md 4: update the batch's sigmas (model in eval mode, no gradient; the 3 candidates x
+        B rows x m_update draws in one forward), then make every rank apply every rank's updates.
+
+        DDP: every rank all_gathers (idx, new sigma, label, difficulty) -- the same shapes on every rank, as
+        the distributed sampler pads every rank to the same number of rows -- stacked rank 0 first; an index
+        that occurs twice (the sampler's padding repeats examples) takes the lowest rank's value
+        (``first_occurrence``), and every rank applies the same pairs, so the tables stay identical.
+
+        Difficulty signal: the estimate phat_y(sigma0) of an example's first stage-2 visit, i.e. the accuracy
+        under noise at sigma0 of the model that finished stage 1 (for batches later in the first stage-2
+        epoch, after that epoch's earlier steps; with update_every > 1 possibly in a later epoch)."""
         s = self.settings
         table = self._table(x.device)
         current = table[idx]
@@ -194,6 +204,8 @@ class SmoothingClassifier(pl.LightningModule):
         p_correct = table_rules.estimate_p_correct(self.model, x, y, candidates, s.m_update)
         self.model.train(was_training)
         new = table_rules.choose_sigmas(candidates, p_correct, s.eta, s.sigma_min, s.sigma_max, s.m_update)
+        if self.recorded_updates is not None:
+            self.recorded_updates.append({"idx": idx.cpu(), "sigma": new.cpu()})
         first_seen = torch.isnan(self.difficulty[idx])
         difficulty = torch.where(first_seen, p_correct[:, 1], self.difficulty[idx])
         idx_all, new_all, y_all, diff_all = (self._gather(t) for t in (idx, new, y, difficulty))
@@ -269,16 +281,24 @@ class SmoothingClassifier(pl.LightningModule):
         stats = table_rules.table_statistics(self._table(self.device), s.sigma_min, s.sigma_max)
         self.log_dict({f"sigma_table/{key}": value for key, value in stats.items()}, on_step=False, on_epoch=True,
                       rank_zero_only=True)
+        if not self.trainer.is_global_zero:
+            return
+        values = self.sigma_table.cpu().numpy()
         for logger in self.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if type(logger).__name__ == "WandbLogger" and self.trainer.is_global_zero:
+            if type(logger).__name__ == "WandbLogger":
                 import wandb
 
-                experiment.log({"sigma_table/hist": wandb.Histogram(self.sigma_table.cpu().numpy()),
-                                "epoch": self.current_epoch})
+                logger.experiment.log({"sigma_table/hist": wandb.Histogram(values), "epoch": self.current_epoch})
+            elif hasattr(getattr(logger, "experiment", None), "add_histogram"):  # TensorBoard-like loggers
+                logger.experiment.add_histogram("sigma_table/hist", values, global_step=self.current_epoch)
 
     def on_train_end(self) -> None:
-        """Export the table as ``train_sigma.pt`` (visited examples: idx, sigma, label) and plot it."""
+        """Export the table as ``train_sigma.pt`` in the run directory and plot it (sigma_hist_train.png).
+
+        The file is a dict: ``idx`` (LongTensor, the dataset indices of the examples stage 2 visited,
+        ascending), ``sigma`` (FloatTensor, their learned sigmas), ``label`` (LongTensor, their labels),
+        ``difficulty`` (FloatTensor, see ``update_sigmas``; NaN where unknown), ``levels_hint`` (None: no
+        preferred set of sigma levels) and ``config`` (the resolved run configuration)."""
         if self.sigma_table is None or self.run_dir is None or not self.trainer.is_global_zero:
             return
         visited = (self.label_table >= 0).nonzero().view(-1).cpu()
@@ -287,6 +307,7 @@ class SmoothingClassifier(pl.LightningModule):
             "sigma": self.sigma_table.cpu()[visited],
             "label": self.label_table.cpu()[visited],
             "difficulty": self.difficulty.cpu()[visited],
+            "levels_hint": None,
             "config": self.run_config,
         }
         path = self.run_dir / "train_sigma.pt"
@@ -295,7 +316,7 @@ class SmoothingClassifier(pl.LightningModule):
         tmp.replace(path)
         table_rules.plot_sigma_table(table["sigma"].numpy(), table["difficulty"].numpy(),
                                      self.run_dir / "sigma_hist_train.png",
-                                     f"Insta-RS Train: {len(visited)} examples, epoch {self.current_epoch + 1}")
+                                     f"Insta-RS Train: {len(visited)} examples after {self.current_epoch} epochs")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["insta_rs"] = {

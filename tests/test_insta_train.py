@@ -1,19 +1,25 @@
-"""Insta-RS Train (ALGORITHMS.md 4): the phase schedule, the update rule, the table in checkpoints and on
-resume, DDP ranks holding identical tables, and the per-epoch histogram in the offline W&B run."""
+"""Insta-RS Train (ALGORITHMS.md 4): the phase schedule, the update rule (by hand, and through a fake model
+whose probabilities of being right have a closed form), the table in checkpoints and on resume (a run
+interrupted in stage 2 and resumed ends like an uninterrupted one), train_sigma.pt, the loggers, refusal of a
+checkpoint from another config, and two DDP ranks (CPU, gloo) holding the table the gathered updates imply."""
 
 from __future__ import annotations
 
-import os
+import math
 import re
+import sys
 
 import numpy as np
+import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from scipy.stats import norm
 
 from conftest import ROOT, run_script
 from insta_rs import sigma_table as rules
-from insta_rs.errors import ConfigError
+from insta_rs.errors import CheckpointError, ConfigError
 from insta_rs.training import SmoothingClassifier, TrainSettings
 
 SETTINGS = dict(method="insta_rs", sigma=0.25, sigma0=0.25, epochs=4, stage1_epochs=2, eta=0.1,
@@ -23,20 +29,28 @@ SETTINGS = dict(method="insta_rs", sigma=0.25, sigma0=0.25, epochs=4, stage1_epo
 def test_phase_switches_at_stage1_epochs():
     s = TrainSettings.from_dict(SETTINGS)
     assert [s.phase_at(e) for e in range(4)] == ["gaussian", "gaussian", "instance", "instance"]
+    assert TrainSettings.from_dict({**SETTINGS, "stage1_epochs": 0}).phase_at(0) == "instance"
     assert TrainSettings.from_dict({"method": "gaussian"}).phase_at(100) == "gaussian"
 
 
 @pytest.mark.parametrize("change,setting", [
-    ({"stage1_epochs": 4}, "train.stage1_epochs"),
-    ({"sigma_min": 1.5}, "train.sigma_max"),
-    ({"sigma0": 3.0, "sigma": 3.0}, "train.sigma0"),
+    ({"stage1_epochs": 4}, "train.stage1_epochs"),      # stage 1 must leave room for stage 2
+    ({"stage1_epochs": -1}, "train.stage1_epochs"),
+    ({"sigma_min": 1.5}, "train.sigma_max"),             # sigma_min > sigma_max
+    ({"sigma0": 3.0, "sigma": 3.0}, "train.sigma0"),     # sigma0 above the bounds
+    ({"sigma0": 0.01, "sigma": 0.01}, "train.sigma0"),   # sigma0 below the bounds
+    ({"sigma_min": 0.0}, "train.sigma_min"),
     ({"eta": 0.0}, "train.eta"),
+    ({"eta": -0.1}, "train.eta"),
     ({"m_update": 0}, "train.m_update"),
-    ({"sigma": 0.5}, "train.sigma"),
+    ({"update_every": 0}, "train.update_every"),
+    ({"sigma": 0.5}, "train.sigma"),                     # stage 1 runs at sigma0
+    ({"sigma_typo": 0.5}, "train.sigma_typo"),
 ])
-def test_bad_settings_name_the_setting(change, setting):
-    with pytest.raises(ConfigError, match=re.escape(setting)):
+def test_bad_settings_are_one_line_config_errors_naming_the_setting(change, setting):
+    with pytest.raises(ConfigError, match=re.escape(setting)) as error:
         TrainSettings.from_dict({**SETTINGS, **change})
+    assert "\n" not in str(error.value)
 
 
 def test_update_rule_matches_hand_computation():
@@ -53,6 +67,73 @@ def test_update_rule_matches_hand_computation():
     expected[2] = 0.5 / e / e  # always wrong: move to the smallest candidate, then shrink by e^-eta
     np.testing.assert_allclose(new.numpy(), expected, rtol=1e-6)
     assert new[1] == pytest.approx(0.5 * e)  # equal accuracy: the larger sigma has the larger radius
+    # the current sigma wins a tie: Rhat = 0.2 at all three candidates
+    tie = torch.tensor([[0.5 / e, 0.5, 0.5 * e]])
+    p_tie = torch.tensor(norm.cdf(0.2 / tie.numpy()), dtype=torch.float32)
+    assert rules.choose_sigmas(tie, p_tie, 0.1, 0.05, 1.0, m=10**6)[0] == pytest.approx(0.5, rel=1e-6)
+
+
+class KnownProbabilities(torch.nn.Module):
+    """A fake classifier of inputs x = (0, 100 k): it predicts the label 1 iff the noisy first coordinate
+    s e_0 satisfies lo_k <= |s e_0| < hi_k, so P(correct | s) = 2 (Phi(hi_k / s) - Phi(lo_k / s)) exactly.
+    The second coordinate selects the scenario k (noise of sd <= 1 cannot move it by 50)."""
+
+    SETS = [(0.0, 0.5), (0.05, math.inf), (0.0, 0.2), (0.0, math.inf)]
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    @classmethod
+    def p_correct(cls, k: int, s):
+        lo, hi = cls.SETS[k]
+        return 2 * (norm.cdf(hi / np.asarray(s)) - norm.cdf(lo / np.asarray(s)))
+
+    def forward(self, x):
+        k = torch.round(x[:, 1] / 100).long()
+        lo = torch.tensor([a for a, _ in self.SETS])[k]
+        hi = torch.tensor([b for _, b in self.SETS])[k]
+        inside = (x[:, 0].abs() >= lo) & (x[:, 0].abs() < hi)
+        return torch.stack([(~inside).float(), inside.float()], dim=1) * 5 + self.unused
+
+
+def test_update_through_a_model_of_known_probabilities():
+    """Four rows at known sigmas: the update must pick what scipy's closed form picks. Scenario 0 moves down,
+    1 moves up, 2 moves down and shrinks (phat_y(sigma) < 1/2), 3 is always right: the largest candidate,
+    clipped at sigma_max. The margins between scores are > 6 standard errors of the m = 20000 draw estimate."""
+    m = 20000
+    settings = TrainSettings.from_dict({**SETTINGS, "m_update": m, "sigma0": 0.5, "sigma": 0.5})
+    module = SmoothingClassifier(KnownProbabilities(), 2, settings, num_train=10)
+    idx = torch.tensor([2, 5, 7, 9])
+    module.sigma_table[9] = 0.95
+    x = torch.stack([torch.zeros(4), 100.0 * torch.arange(4)], dim=1)
+    y = torch.ones(4, dtype=torch.long)
+    torch.manual_seed(0)
+    model_training_before = module.model.training
+    module.update_sigmas(x, y, idx)
+    assert module.model.training == model_training_before
+
+    e = math.exp(0.1)
+    expected = []
+    for k, s in enumerate([0.5, 0.5, 0.5, 0.95]):
+        cands = np.clip([s / e, s, s * e], 0.05, 1.0)
+        p = KnownProbabilities.p_correct(k, cands)
+        scores = cands * norm.ppf(np.clip(p, 0.5 / m, 1 - 0.5 / m))
+        top = np.sort(scores)[::-1]
+        assert k == 3 or top[0] - top[1] > 6 * 0.5 * math.sqrt(0.25 / m) / norm.pdf(norm.ppf(0.75)), k
+        new = cands[scores.argmax()] * (1 / e if p[1] < 0.5 else 1.0)
+        expected.append(float(np.clip(new, 0.05, 1.0)))
+    np.testing.assert_allclose(module.sigma_table[idx].numpy(), expected, rtol=1e-5)
+    assert expected[0] < 0.5 < expected[1] and expected[2] < expected[0] and expected[3] == 1.0
+    # the estimator itself against the closed form (within 5 binomial standard errors)
+    cands = rules.candidate_sigmas(torch.tensor([0.5, 0.5, 0.5, 0.95]), 0.1, 0.05, 1.0)
+    phat = rules.estimate_p_correct(module.model, x, y, cands, m).numpy()
+    exact = np.stack([KnownProbabilities.p_correct(k, cands[k].numpy()) for k in range(4)])
+    assert np.all(np.abs(phat - exact) <= 5 * np.sqrt(exact * (1 - exact) / m) + 1e-9)
+    # unvisited rows are untouched; labels and difficulty (phat_y(sigma0) at the first visit) recorded
+    assert torch.all(module.sigma_table[[0, 1, 3]] == 0.5) and module.label_table[0] == -1
+    assert module.label_table[idx].tolist() == [1, 1, 1, 1]
+    np.testing.assert_allclose(module.difficulty[idx[:3]].numpy(), exact[:3, 1], atol=0.02)
 
 
 class ConstantClass(torch.nn.Module):
@@ -77,6 +158,9 @@ def test_always_misclassified_example_shrinks_and_correct_one_grows():
     assert module.sigma_table[7] == pytest.approx(0.25 * e ** 3, rel=1e-5)  # always right: the largest sigma
     assert module.label_table[3] == 1 and module.label_table[7] == 0 and module.label_table[0] == -1
     assert module.difficulty[3] == 0.0 and module.difficulty[7] == 1.0  # the first estimate at sigma0
+    for _ in range(40):
+        module.update_sigmas(x, y, idx)
+    assert module.sigma_table[3] == pytest.approx(0.05) and module.sigma_table[7] == pytest.approx(1.0)  # clipped
 
 
 def test_duplicate_indices_keep_the_lowest_ranks_value():
@@ -84,66 +168,202 @@ def test_duplicate_indices_keep_the_lowest_ranks_value():
     assert rules.first_occurrence(indices).tolist() == [True, True, True, False, False, True]
 
 
-def _train(tmp_path, name, *extra):
-    run_dir = tmp_path / name
-    run_script("train.py", f"hydra.run.dir={run_dir}", "train=insta_rs", "dataset=synthetic", "train.epochs=4",
-               "train.stage1_epochs=1", "train.batch_size=32", "trainer.enable_progress_bar=false", "logger=csv",
-               *extra)
-    return run_dir
+@pytest.mark.parametrize("loss", ["gaussian", "consistency", "macer"])
+def test_stage2_step_trains_each_example_at_its_own_sigma_with_any_loss(compose, loss):
+    """``train=insta_rs train/loss=<loss>`` composes, and a stage-2 step updates the batch's sigmas first,
+    then hands the loss exactly the table's per-row sigmas."""
+    from hydra.utils import instantiate
+
+    cfg = compose("train", ["train=insta_rs", f"train/loss={loss}", "dataset=synthetic", "train.stage1_epochs=0",
+                            "train.m_update=4"])
+    assert cfg.train.loss.name == loss
+    settings = TrainSettings.from_dict(OmegaConf.to_container(cfg.train, resolve=True))
+    source = instantiate(cfg.dataset)
+    info = source.info
+    model = instantiate(cfg.model, num_classes=info.num_classes, input_shape=tuple(info.input_shape),
+                        mean=tuple(info.mean), std=tuple(info.std))
+    module = SmoothingClassifier(model, info.num_classes, settings, num_train=len(source.split("train")))
+    module.sigma_table[:] = torch.linspace(0.1, 0.9, len(module.sigma_table))
+    seen = {}
+
+    class Recording(torch.nn.Module):
+        def __init__(self, loss):
+            super().__init__()
+            self.inner = loss
+
+        def forward(self, model, x, y, sigma):
+            seen["sigma"] = sigma.clone()
+            return self.inner(model, x, y, sigma)
+
+    module.loss = Recording(module.loss)
+    x, y = torch.rand(6, *info.input_shape), torch.tensor([0, 1, 2, 0, 1, 2])
+    idx = torch.tensor([0, 17, 40, 99, 100, 255])
+    loss_value = module.training_step((x, y, idx), 0)
+    assert torch.isfinite(loss_value)
+    assert module.label_table[idx].tolist() == y.tolist()  # updated before the step
+    torch.testing.assert_close(seen["sigma"], module.sigma_table[idx])
+    assert not torch.allclose(module.sigma_table[idx], torch.linspace(0.1, 0.9, 256)[idx])
 
 
-def test_resume_mid_stage2_gives_the_uninterrupted_table(tmp_path):
-    full = _train(tmp_path, "full")
-    part = _train(tmp_path, "part", "trainer.max_epochs=3")  # stops after epoch 3 of 4: mid stage 2
-    _train(tmp_path, "part", "ckpt_path=last")
-    a = torch.load(full / "train_sigma.pt", weights_only=False)
-    b = torch.load(part / "train_sigma.pt", weights_only=False)
-    assert torch.equal(a["idx"], b["idx"]) and torch.equal(a["label"], b["label"])
-    assert not torch.all(a["sigma"] == 0.25), "stage 2 changed no sigma: the test would not notice a lost table"
-    torch.testing.assert_close(a["sigma"], b["sigma"], rtol=0, atol=0)
-    ckpt = torch.load(part / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["epoch"] == 3 and ckpt["insta_rs"]["sigma_table"].shape[0] >= len(a["idx"])
-    assert (part / "sigma_hist_train.png").stat().st_size > 0
+# ------------------------------------------------------------------ the real train.py ---------------------------
+
+TRAIN = ["train=insta_rs", "dataset=synthetic", "train.epochs=4", "train.stage1_epochs=1", "train.batch_size=32",
+         "trainer.enable_progress_bar=false"]
 
 
-def test_resume_from_another_model_is_refused(tmp_path):
-    run_dir = _train(tmp_path, "run", "trainer.max_epochs=1")
-    result = run_script("train.py", f"hydra.run.dir={run_dir}", "train=insta_rs", "dataset=synthetic",
-                        "train.epochs=4", "train.stage1_epochs=1", "train.batch_size=32", "logger=none",
-                        "model.width=8", "ckpt_path=last", check=False)
-    assert result.returncode == 1, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "model.width" in result.stderr
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One uninterrupted run (logger=none), and one stopped after epoch 3 of 4 (mid stage 2, logger=wandb
+    offline + csv) then resumed with ckpt_path=last (logger=csv). Same seed."""
+    root = tmp_path_factory.mktemp("insta_train")
+    full, part = root / "full", root / "part"
+    run_script("train.py", f"hydra.run.dir={full}", *TRAIN, "logger=none")
+    run_script("train.py", f"hydra.run.dir={part}", *TRAIN, "logger=wandb", "trainer.max_epochs=3")
+    interrupted = torch.load(part / "checkpoints" / "last.ckpt", weights_only=False)
+    run_script("train.py", f"hydra.run.dir={part}", *TRAIN, "logger=csv", "ckpt_path=last")
+    return {"full": full, "part": part, "interrupted": interrupted}
 
 
-def test_wandb_offline_run_records_the_histogram_every_epoch(tmp_path):
-    run_dir = tmp_path / "wb"
-    run_script("train.py", f"hydra.run.dir={run_dir}", "train=insta_rs", "dataset=synthetic", "train.epochs=3",
-               "train.stage1_epochs=1", "train.batch_size=32", "trainer.enable_progress_bar=false", "logger=wandb")
-    records = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+def test_resume_mid_stage2_ends_like_the_uninterrupted_run(runs):
+    interrupted = runs["interrupted"]
+    assert interrupted["epoch"] == 2 and not torch.all(interrupted["insta_rs"]["sigma_table"] == 0.25)
+    assert set(interrupted["insta_rs"]["rng"]) == {"torch", "cuda", "numpy", "python"}
+    a = torch.load(runs["full"] / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(runs["part"] / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3  # the index of the last finished epoch
+    # the table after the resumed epoch moved on from the interrupted one, and equals the uninterrupted run's
+    assert not torch.equal(b["insta_rs"]["sigma_table"], interrupted["insta_rs"]["sigma_table"])
+    for key in ("sigma_table", "label_table", "difficulty"):
+        torch.testing.assert_close(a["insta_rs"][key], b["insta_rs"][key], rtol=0, atol=0, equal_nan=True)
+    assert a["insta_rs"]["visits"] == b["insta_rs"]["visits"] == 3 * 8  # 3 stage-2 epochs of 256 / 32 batches
+    # weights, optimizer momentum and LR schedule too: the same trajectory, not just the same table
+    for name, tensor in a["state_dict"].items():
+        torch.testing.assert_close(tensor, b["state_dict"][name], rtol=0, atol=0, msg=name)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    for k, state in a["optimizer_states"][0]["state"].items():
+        torch.testing.assert_close(state["momentum_buffer"], b["optimizer_states"][0]["state"][k]["momentum_buffer"])
+
+
+def test_train_sigma_export(runs):
+    """train_sigma.pt: every synthetic training example (all visited), its label from the data set itself,
+    sigmas in the bounds, equal to the checkpoint's table; plus the figure."""
+    from insta_rs.data import Synthetic
+
+    exported = torch.load(runs["full"] / "train_sigma.pt", weights_only=False)
+    assert {"idx", "sigma", "label", "levels_hint", "config"} <= set(exported)
+    assert exported["levels_hint"] is None and exported["config"]["train"]["method"] == "insta_rs"
+    assert exported["idx"].dtype == torch.long and exported["label"].dtype == torch.long
+    assert exported["sigma"].dtype == torch.float32
+    assert exported["idx"].tolist() == list(range(256))
+    labels = torch.tensor([int(Synthetic().split("train")[i][1]) for i in range(256)])
+    assert torch.equal(exported["label"], labels)
+    assert exported["sigma"].min() >= 0.05 and exported["sigma"].max() <= 1.0 + 1e-6
+    assert len(set(exported["sigma"].tolist())) > 3  # examples got different sigmas
+    table = torch.load(runs["full"] / "checkpoints" / "last.ckpt", weights_only=False)["insta_rs"]["sigma_table"]
+    torch.testing.assert_close(exported["sigma"], table[exported["idx"]])
+    assert (runs["full"] / "sigma_hist_train.png").stat().st_size > 1000
+
+
+def test_loggers_wandb_csv_and_none(runs):
+    """logger=none trained (the full run); wandb offline recorded a histogram of the table per epoch; csv
+    has the phase and table quantiles per epoch, and a resumed run keeps the interrupted run's csv."""
+    assert not (runs["full"] / "csv").exists() and not (runs["full"] / "wandb").exists()
+    records = list(runs["part"].glob("wandb/offline-run-*/run-*.wandb"))
     assert len(records) == 1
     histograms = re.findall(rb"sigma_table/hist.{0,8}_type", records[0].read_bytes())
     assert len(histograms) >= 3, f"{len(histograms)} histogram records for 3 epochs"
-    metrics = (run_dir / "csv" / "metrics.csv").read_text()
-    assert "sigma_table/q50" in metrics and "sigma_table/at_min" in metrics and "train/phase" in metrics
+    before = pd.read_csv(runs["part"] / "csv" / "metrics.before_resume_1.csv")
+    after = pd.read_csv(runs["part"] / "csv" / "metrics.csv")
+    phases = {int(e): p for e, p in before.dropna(subset=["train/phase"])[["epoch", "train/phase"]].values}
+    assert phases == {0: 0.0, 1: 1.0, 2: 1.0}
+    resumed = after.dropna(subset=["train/phase"])
+    assert resumed["epoch"].tolist() == [3] and resumed["train/phase"].tolist() == [1.0]
+    for column in ("sigma_table/q10", "sigma_table/q50", "sigma_table/q90", "sigma_table/at_min",
+                   "sigma_table/at_max"):
+        assert column in after.columns and after[column].notna().any(), column
+    q = after.dropna(subset=["sigma_table/q50"]).iloc[-1]
+    table = torch.load(runs["part"] / "checkpoints" / "last.ckpt", weights_only=False)["insta_rs"]["sigma_table"]
+    assert q["sigma_table/q50"] == pytest.approx(float(torch.quantile(table.double(), 0.5)), rel=1e-5)
+    assert q["sigma_table/at_max"] == pytest.approx(float((table >= 1.0 - 1e-6).double().mean()))
+
+
+def _load_train_module():
+    sys.path.insert(0, str(ROOT))
+    try:
+        import train
+    finally:
+        sys.path.remove(str(ROOT))
+    return train
+
+
+def test_resume_check_allows_more_epochs_and_names_the_first_difference(runs):
+    train = _load_train_module()
+    ckpt = str(runs["part"] / "checkpoints" / "last.ckpt")
+    config = torch.load(ckpt, weights_only=False)["insta_rs"]["config"]
+    train.check_resumable(ckpt, {**config, "train": {**config["train"], "epochs": 8}}, 3)  # epochs may differ
+    with pytest.raises(CheckpointError, match=r"model\.width=32.*this run has model\.width=8"):
+        train.check_resumable(ckpt, {**config, "model": {**config["model"], "width": 8}}, 3)
+    with pytest.raises(CheckpointError, match=r"train\.eta=0\.1.*this run has train\.eta=0\.2"):
+        train.check_resumable(ckpt, {**config, "train": {**config["train"], "eta": 0.2}}, 3)
+    with pytest.raises(CheckpointError, match="3 classes.*has 4"):
+        train.check_resumable(ckpt, config, 4)
+
+
+def test_resume_from_another_model_is_refused_in_one_line(runs):
+    run_dir = runs["part"]
+    config_before = (run_dir / "config.yaml").read_text()
+    result = run_script("train.py", f"hydra.run.dir={run_dir}", *TRAIN, "logger=none", "model.width=8",
+                        "ckpt_path=last", check=False)
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "model.width=8" in result.stderr
+    assert (run_dir / "config.yaml").read_text() == config_before  # a refused resume writes nothing
+
+
+# ------------------------------------------------------------------ DDP, 2 CPU processes ---------------------------
+
+class RecordSigmaUpdates(pl.Callback):
+    """Test helper (used by the DDP test through +callbacks.record._target_): each rank records its own
+    (idx, new sigma) of every update, before the gather, and saves them with its final table."""
+
+    def on_fit_start(self, trainer, pl_module):
+        pl_module.recorded_updates = []
+
+    def on_train_end(self, trainer, pl_module):
+        import os
+        from pathlib import Path
+
+        torch.save({"updates": pl_module.recorded_updates, "sigma": pl_module.sigma_table.cpu(),
+                    "label": pl_module.label_table.cpu()},
+                   Path(os.environ["INSTA_RS_RUN_DIR"]) / f"table_rank{trainer.global_rank}.pt")
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_ranks_hold_identical_tables(tmp_path):
+def test_ddp_two_cpu_ranks_hold_the_table_the_gathered_updates_imply(tmp_path, monkeypatch):
+    """31 examples on 2 ranks: the distributed sampler pads to 32, so each epoch one example is visited by
+    both ranks in the same step. Replaying both ranks' own updates in rank order, the lowest rank's value
+    winning a duplicate, must give exactly the table that each rank holds."""
     run_dir = tmp_path / "ddp"
-    env_path = os.environ.get("PYTHONPATH", "")
-    os.environ["PYTHONPATH"] = f"{ROOT / 'tests'}{os.pathsep}{env_path}"
-    try:
-        run_script("train.py", f"hydra.run.dir={run_dir}", "train=insta_rs", "dataset=synthetic", "trainer=ddp_sim",
-                   "train.epochs=3", "train.stage1_epochs=1", "train.batch_size=16", "logger=csv",
-                   "+callbacks.dump._target_=ddp_table_dump.DumpSigmaTable",
-                   timeout=400)
-    finally:
-        os.environ["PYTHONPATH"] = env_path
-    rank0 = torch.load(run_dir / "table_rank0.pt")
-    rank1 = torch.load(run_dir / "table_rank1.pt")
-    assert torch.equal(rank0["sigma"], rank1["sigma"]) and torch.equal(rank0["label"], rank1["label"])
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT / 'tests'}:{ROOT}")
+    run_script("train.py", f"hydra.run.dir={run_dir}", "train=insta_rs", "dataset=synthetic", "trainer=ddp_sim",
+               "dataset.train_size=31", "dataset.val_size=16", "train.epochs=4", "train.stage1_epochs=1",
+               "train.batch_size=16", "logger=csv", "+callbacks.record._target_=test_insta_train.RecordSigmaUpdates",
+               timeout=110)
+    ranks = [torch.load(run_dir / f"table_rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert len(ranks[0]["updates"]) == len(ranks[1]["updates"]) == 3  # one step per rank in each stage-2 epoch
+    table = torch.full((31,), 0.25)
+    duplicates = 0
+    for mine, theirs in zip(ranks[0]["updates"], ranks[1]["updates"]):
+        assert mine["idx"].shape == theirs["idx"].shape == (16,)
+        pairs = list(zip(torch.cat([mine["idx"], theirs["idx"]]).tolist(),
+                         torch.cat([mine["sigma"], theirs["sigma"]]).tolist()))
+        duplicates += len(pairs) - len({i for i, _ in pairs})
+        for i, s in reversed(pairs):  # written last = the first occurrence = the lowest rank's value
+            table[i] = s
+    assert duplicates == 3
+    for rank in ranks:
+        torch.testing.assert_close(rank["sigma"], table, rtol=0, atol=0)
+        assert (rank["label"] >= 0).all()
+    assert torch.equal(ranks[0]["label"], ranks[1]["label"])
     exported = torch.load(run_dir / "train_sigma.pt", weights_only=False)
-    # every training example was visited by one rank or the other, and both ranks applied all updates
-    assert len(exported["idx"]) == rank0["sigma"].numel() and (rank0["label"] >= 0).all()
-    assert (rank0["sigma"] != 0.25).any()
-    torch.testing.assert_close(exported["sigma"], rank0["sigma"][exported["idx"]])
+    assert exported["idx"].tolist() == list(range(31))
+    torch.testing.assert_close(exported["sigma"], table, rtol=0, atol=0)
