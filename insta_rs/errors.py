@@ -27,3 +27,17 @@ def check(condition: bool, setting: str, value, accepted: str) -> None:
     """Raise ConfigError("<setting>=<value> is invalid: expected <accepted>") unless condition holds."""
     if not condition:
         raise ConfigError(f"{setting}={value!r} is invalid: expected {accepted}")
+
+
+def settings_from_config(cls, values: dict, prefix: str, owner: str):
+    """A settings dataclass ``cls`` built from a config group's values and validated (``cls.validate()``);
+    an unknown key is a ConfigError naming it (``<prefix>.<key> is not <owner>``) and the accepted keys."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{prefix}.{unknown[0]} is not {owner}: expected one of {', '.join(sorted(known))}")
+    settings = cls(**values)
+    settings.validate()
+    return settings

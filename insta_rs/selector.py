@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .certificates import clopper_pearson_lower
 from .checkpoints import file_digest, model_state, read_checkpoint
-from .errors import CheckpointError, ConfigError, DataError, check
+from .errors import CheckpointError, ConfigError, DataError, check, settings_from_config
 from .models import SmallCNN
 from .smoothing import Smooth
 
@@ -102,14 +102,7 @@ class SelectorSettings:
     @classmethod
     def from_dict(cls, values: dict) -> "SelectorSettings":
         """Build from the ``selector`` config; an unknown key is a ConfigError naming it."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"selector.{unknown[0]} is not a selector setting: expected one of "
-                              f"{', '.join(sorted(known))}")
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        return settings_from_config(cls, values, "selector", "a selector setting")
 
     def validate(self) -> None:
         self.levels = list(check_levels(self.levels))

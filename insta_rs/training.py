@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import sigma_table as table_rules
-from .errors import ConfigError, check
+from .errors import ConfigError, check, settings_from_config
 from .losses import build_loss
 
 METHODS = ("gaussian", "insta_rs")
@@ -72,14 +72,7 @@ class TrainSettings:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainSettings":
         """Build from the ``train`` config; an unknown key is a ConfigError naming it."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"train.{unknown[0]} is not a setting of train.method={values.get('method')!r}: "
-                              f"expected one of {', '.join(sorted(known))}")
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        return settings_from_config(cls, values, "train", f"a setting of train.method={values.get('method')!r}")
 
     def validate(self) -> None:
         check(self.method in METHODS, "train.method", self.method, f"one of {', '.join(METHODS)}")
