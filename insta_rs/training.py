@@ -14,7 +14,6 @@ buffer broadcast never overwrites it. Checkpoints carry the table and the RNG st
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
