@@ -121,12 +121,39 @@ LAUNCHERS = {
 
 
 def check_launcher(name: str) -> None:
-    """Exit 2 with one line for ``hydra/launcher=NAME`` when NAME is unknown or its plugin is not installed."""
-    import importlib.util
-
+    """Exit 2 with one line for ``hydra/launcher=NAME`` when NAME's plugin is not installed (with the ``pip
+    install`` that fixes it), or when NAME is unknown and no other launcher plugin is installed. An installed
+    plugin, or a name that an installed plugin we do not list may provide, is left to Hydra."""
     if name not in LAUNCHERS:
+        listed = {module.rsplit(".", 1)[1] for module, _ in LAUNCHERS.values() if module}
+        if any(plugin not in listed for plugin in installed_launcher_plugins()):
+            return  # e.g. hydra-ray-launcher: Hydra knows its launcher names
         fail(ConfigError(f"hydra/launcher={name!r} is not a known launcher: expected one of {', '.join(LAUNCHERS)}"), 2)
     module, package = LAUNCHERS[name]
-    if module is not None and importlib.util.find_spec(module) is None:
+    if module is not None and not module_installed(module):
         fail(ConfigError(f"hydra/launcher={name!r} needs the {package} plugin, which is not installed: "
                          f"pip install {package}"), 2)
+
+
+def module_installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (False also when a parent package is missing)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # no hydra_plugins at all: find_spec raises for the parent
+        return False
+
+
+def installed_launcher_plugins() -> list[str]:
+    """The packages under the ``hydra_plugins`` namespace whose name mentions ``launcher``."""
+    import importlib.util
+    import pkgutil
+
+    try:
+        spec = importlib.util.find_spec("hydra_plugins")
+    except (ImportError, ValueError):
+        return []
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return sorted(m.name for m in pkgutil.iter_modules(spec.submodule_search_locations) if "launcher" in m.name)
