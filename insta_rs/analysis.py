@@ -15,6 +15,7 @@ Summaries never pool rows of different guarantee labels (ALGORITHMS.md section 3
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -24,6 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from .certification_file import write_atomic
 from .errors import DataError
 
 CIFAR10_RADII = tuple(0.25 * i for i in range(10))  # 0, 0.25, ..., 2.25
@@ -290,19 +292,15 @@ def certified_accuracy_curve(df: pd.DataFrame, max_radius: float | None = None,
 
 
 def _save_atomic(fig, path: str | Path) -> None:
-    """Render with the Agg canvas (no pyplot, no global backend) to a temporary file, then rename."""
+    """Render with the Agg canvas (no pyplot, no global backend) into memory, then ``write_atomic``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    write_atomic(path, buffer.getvalue())
 
 
 def plot_certified_accuracy(curves: dict[str, tuple[list[float], list[float]]], path: str | Path,

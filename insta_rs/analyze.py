@@ -53,7 +53,7 @@ def analyze(paths: list[str | Path], radii: tuple[float, ...], out: str | Path |
     summaries = {label: analysis.summarize_by_guarantee(df, radii) for label, df in frames.items()}
     table = analysis.markdown_table(summaries, radii)
     if out is not None:
-        from .tracking import write_text_atomic
+        from .certification_file import write_atomic
 
         out = Path(out)
         try:
@@ -68,7 +68,7 @@ def analyze(paths: list[str | Path], radii: tuple[float, ...], out: str | Path |
             for guarantee in summaries[label]:
                 subset = df[df["guarantee"].astype(str) == guarantee]
                 curves[f"{label} ({guarantee})"] = analysis.certified_accuracy_curve(subset, max_radius=max_radius)
-        write_text_atomic(out / "table.md", table)
+        write_atomic(out / "table.md", table)
         analysis.plot_certified_accuracy(curves, out / "certified_accuracy.png", title="Certified accuracy")
     return table
 

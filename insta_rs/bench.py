@@ -285,7 +285,9 @@ def _sharded_seconds(certifier, dataset, indices, ranks: int, threads: int, out_
                           default_root_dir=str(out_dir), **kwargs)
 
     start = time.perf_counter()
-    distributed.certify_sharded(certifier, dataset, indices, out_dir / "certify.tsv", {"bench": True}, make_trainer)
+    writer = distributed.RowWriter(out_dir / "certify.tsv")
+    distributed.certify_sharded(certifier, dataset, indices, out_dir / "certify.tsv", {"bench": True},
+                                make_trainer([writer]), writer)
     return time.perf_counter() - start
 
 

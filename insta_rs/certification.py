@@ -1,39 +1,85 @@
-"""Certifying a test split row by row: the loop behind ``certify.py`` (ALGORITHMS.md sections 1-3, 6).
+"""Certifying a test split: the one path from a trained run to its rows and reports (ALGORITHMS.md 1-3, 6).
 
-``Certifier`` turns one test input into one TSV row: the sigma-selection method certifies it with the
-row's own generator (``row_generator(seed, idx)``), so a row depends on (seed, idx, settings) alone and
-a resumed or sharded run writes the same rows as an uninterrupted one. ``certify_split`` appends each
-row to a ``CertificationLog`` (flushed per row; resumable) and ``write_reports`` turns the finished TSV
-into ``summary.json``, ``table.md`` and the plots, never mixing guarantees without their label.
+``run`` does all the work of ``certify.py``: it builds the smoothed model and the row certifier, certifies
+every selected input not done yet through Lightning's ``trainer.predict`` (one rank or many: the same
+mechanism, insta_rs.distributed), merges the rows (insta_rs.certification_file), runs the memory pass when
+asked, and writes the reports. It reads the finished TSV once and returns its rows and the summary.
 
-Several inputs share forward passes when a method supports it (``SigmaMethod.certify_many``; the
-fixed-sigma method does): their draws still come from their own generators, so the rows are the
-same as when certified one at a time.
+``Certifier`` turns inputs into TSV rows: the sigma-selection method certifies each with the row's own
+generator (``row_generator(seed, idx)``), so a row depends on (seed, idx, settings) alone and a resumed or
+sharded run writes the same rows as an uninterrupted one. Several inputs share forward passes when a method
+supports it (``SigmaMethod.certify_many``); their draws still come from their own generators.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
-from . import analysis
+from . import analysis, certification_file, distributed
 from .certificates import ABSTAIN, check_alpha, floor_to
+from .certificates.memory import memory_consistency
+from .certification_file import CERTIFY_COLUMNS, CertificationLog, write_atomic, write_json_atomic
+from .checkpoints import TrainedRun
 from .errors import check
-from .search.base import RowResult, SigmaMethod
-from .smoothing import Smooth, check_certify_settings, row_generator
-from .tracking import CERTIFY_COLUMNS, CertificationLog, write_json_atomic, write_text_atomic
+from .search.base import RowResult, SearchContext, SigmaMethod
+from .smoothing import Smooth, autocast_dtype_of, check_certify_settings, row_generator
 
 
-def check_selection(split: str, skip, max_rows) -> None:
-    """The ``certify`` group's selection settings, each a one-line ConfigError when wrong."""
-    check(split in ("test", "val"), "certify.split", split, "test or val")
-    check(isinstance(skip, int) and not isinstance(skip, bool) and skip >= 1, "certify.skip", skip, "an integer >= 1")
-    check(max_rows is None or (isinstance(max_rows, int) and not isinstance(max_rows, bool) and max_rows >= 1),
-          "certify.max", max_rows, "null or an integer >= 1")
+@dataclass
+class CertifySettings:
+    """The ``certify`` config group: Cohen et al.'s protocol by default (n0 = 100, n = 100,000, alpha = 0.001).
+
+    n0, n, alpha: selection draws, estimation draws and failure probability of each certificate.
+    batch_size: noisy images per forward pass (does not change the statistics for a given value).
+    split: test | val. skip: certify every skip-th input. max: at most this many inputs (None: all).
+    progress: a progress bar with the running certified accuracy. consistency: none | memory (ALGORITHMS.md
+    3b: also write certify_memory.tsv). autocast (None | bf16 | fp16), channels_last, compile: speed options
+    for the base model only; none changes how the noise is drawn.
+    """
+
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    batch_size: int = 1000
+    split: str = "test"
+    skip: int = 1
+    max: int | None = None
+    progress: bool = True
+    consistency: str = "none"
+    autocast: str | None = None
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        check_certify_settings(1.0, self.n0, self.n, self.alpha)
+        check(_is_int(self.batch_size) and self.batch_size >= 1, "certify.batch_size", self.batch_size,
+              "an integer >= 1")
+        check(self.split in ("test", "val"), "certify.split", self.split, "test or val")
+        check(_is_int(self.skip) and self.skip >= 1, "certify.skip", self.skip, "an integer >= 1")
+        check(self.max is None or (_is_int(self.max) and self.max >= 1), "certify.max", self.max,
+              "null or an integer >= 1")
+        check(self.consistency in ("none", "memory"), "certify.consistency", self.consistency, "none or memory")
+        autocast_dtype_of(self.autocast)
+        for name in ("progress", "channels_last", "compile"):
+            check(isinstance(getattr(self, name), bool), f"certify.{name}", getattr(self, name), "true or false")
+
+    def resume_identity(self) -> dict:
+        """The settings a resumed run must share with the rows already written (the speed options that can
+        change a model's last bits are recorded only when on, so runs made before they existed resume)."""
+        identity = {"n0": self.n0, "n": self.n, "alpha": self.alpha, "split": self.split, "skip": self.skip,
+                    "autocast": self.autocast}
+        return {**identity, **{key: True for key in ("channels_last", "compile") if getattr(self, key)}}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def select_indices(length: int, skip: int, max_rows: int | None) -> list[int]:
@@ -87,24 +133,98 @@ class Certifier:
         }
 
 
-def certify_split(certifier: Certifier, dataset, indices: Iterable[int], log: CertificationLog,
-                  on_row: Callable[[dict], None] | None = None) -> int:
-    """Certify ``dataset[idx]`` for every idx not yet in ``log``, appending (and flushing) each group of
-    rows as soon as it is done. Returns how many rows this call wrote."""
-    done = set(log.done)
-    todo = [int(i) for i in indices if int(i) not in done]
-    group = certifier.rows_per_group
-    written = 0
-    for start in range(0, len(todo), group):
-        chunk = todo[start:start + group]
-        items = [dataset[i] for i in chunk]
-        rows = certifier.rows([x for x, _, _ in items], [int(y) for _, y, _ in items], chunk)
-        for row in rows:
-            log.append(row)
-            written += 1
-            if on_row is not None:
-                on_row(row)
-    return written
+
+@dataclass(frozen=True)
+class WandbSettings:
+    """Where a certification run is logged on W&B: mode (offline | online | disabled), project, group, and
+    the run's resolved config (so a dashboard can filter certify runs by how the model was trained)."""
+
+    mode: str = "offline"
+    project: str = "insta-rs"
+    group: str | None = None
+    config: dict | None = None
+
+
+@dataclass
+class CertificationResult:
+    """What ``run`` returns: the rows of ``path`` (the selected inputs, index order) and summary.json."""
+
+    rows: pd.DataFrame
+    summary: dict
+    table: str
+    path: Path
+
+
+def run(trained: TrainedRun, method: SigmaMethod, method_spec: dict, settings: CertifySettings, seed: int,
+        run_dir: str | Path, make_trainer: Callable[[list], object],
+        wandb: WandbSettings | None = None) -> CertificationResult | None:
+    """Certify ``trained``'s ``settings.split`` with ``method`` into ``run_dir/certify.tsv`` and write the
+    reports (summary.json, table.md, certified_accuracy.png, sigma_hist.png). ``method_spec`` is the method's
+    config, recorded for resuming; ``make_trainer(callbacks)`` builds the Lightning Trainer (any number of
+    ranks; it must pass ``use_distributed_sampler=False``). Rerunning in the same ``run_dir`` resumes after
+    the last complete row. Returns the result on the process that holds the merged file, None on the others."""
+    run_dir = Path(run_dir)
+    writer = distributed.RowWriter(run_dir / "certify.tsv")
+    trainer = make_trainer([writer])
+    device = trainer.strategy.root_device
+    smooth = Smooth(trained.model, trained.num_classes, batch_size=settings.batch_size, device=device,
+                    autocast_dtype=settings.autocast, channels_last=settings.channels_last,
+                    compile=settings.compile)
+    certifier = Certifier(smooth, method, settings.n0, settings.n, settings.alpha, seed)
+    method.prepare(SearchContext(source=trained.source, num_classes=trained.num_classes, device=device,
+                                 trained_sigma=trained.trained_sigma, ckpt_path=str(trained.path)))
+    dataset = trained.source.split(settings.split)
+    selected = select_indices(len(dataset), settings.skip, settings.max)
+    identity = {"checkpoint_sha256": trained.sha256, "dataset": trained.source_spec, "sigma_search": method_spec,
+                "seed": seed, **settings.resume_identity(), **method.resume_identity()}
+    tsv_path = run_dir / "certify.tsv"
+    started = time.time()
+    if not distributed.certify_sharded(certifier, dataset, selected, tsv_path, identity, trainer, writer,
+                                       progress=settings.progress):
+        return None
+    rows = _selected_rows(analysis.read_certification(tsv_path), selected)
+    frames, extra = {method.name: rows}, {}
+    if settings.consistency == "memory":
+        frames["memory"], extra["memory_changed_rows"] = memory_pass(run_dir, rows, dataset, identity)
+    summary, table = write_reports(run_dir, frames, trained.source.info.name, method_spec, time.time() - started,
+                                   extra)
+    _announce(table, extra, len(selected), run_dir)
+    if wandb is not None and wandb.mode != "disabled":
+        from .tracking import log_certification_to_wandb
+
+        log_certification_to_wandb(run_dir, summary, analysis.certified_accuracy_curve(rows),
+                                   rows["sigma"].astype(float).tolist(), wandb.config or {}, mode=wandb.mode,
+                                   project=wandb.project, group=wandb.group)
+    return CertificationResult(rows, summary, table, tsv_path)
+
+
+def _selected_rows(rows: pd.DataFrame, selected: Sequence[int]) -> pd.DataFrame:
+    return rows[rows["idx"].isin(list(selected))].sort_values("idx").reset_index(drop=True)
+
+
+def _announce(table: str, extra: dict, selected: int, run_dir: Path) -> None:
+    print(table)
+    if "memory_changed_rows" in extra:
+        print(f"memory pass: changed {extra['memory_changed_rows']} of {selected} rows (certify_memory.tsv)")
+    print(f"wrote certify.tsv, summary.json, table.md, certified_accuracy.png, sigma_hist.png in {run_dir}")
+
+
+def memory_pass(run_dir: Path, rows: pd.DataFrame, dataset, identity: dict) -> tuple[pd.DataFrame, int]:
+    """ALGORITHMS.md 3b over the finished rows in index order: ``certify_memory.tsv``, guarantee ``memory``.
+    Returns its rows and how many of them the pass changed."""
+    predicts, radii, changed = memory_consistency(flat_inputs(dataset, rows["idx"].tolist()),
+                                                  rows["predict"].to_numpy(), rows["radius"].to_numpy())
+    out = run_dir / "certify_memory.tsv"
+    out.unlink(missing_ok=True)
+    out.with_name(out.stem + ".settings.json").unlink(missing_ok=True)
+    memory = rows.copy()
+    memory["predict"], memory["radius"], memory["guarantee"] = predicts.astype(int), radii, "memory"
+    memory["correct"] = ((memory["predict"] == memory["label"]) & (memory["predict"] >= 0)).astype(int)
+    with CertificationLog(out, {**identity, "consistency": "memory"}, list(rows.columns)) as log:
+        for record in memory.to_dict("records"):
+            log.append({key: (int(value) if isinstance(value, (np.integer, bool)) else value)
+                        for key, value in record.items()})
+    return memory, int(changed.sum())
 
 
 def summary_of(rows, radii: Sequence[float], sigma_search: dict, wall_seconds: float, extra: dict | None = None) -> dict:
@@ -127,35 +247,30 @@ def summary_of(rows, radii: Sequence[float], sigma_search: dict, wall_seconds: f
     }
 
 
-def write_reports(run_dir: Path, tsv_paths: dict[str, Path], selected: Sequence[int], dataset_name: str,
-                  method_name: str, sigma_search: dict, wall_seconds: float, extra: dict | None = None
-                  ) -> tuple[dict, str, list[float]]:
-    """summary.json, table.md, certified_accuracy.png (one curve per file and guarantee) and sigma_hist.png
-    from the finished TSVs. ``tsv_paths`` maps a label (``method_name`` for the main file, ``memory`` for
-    the consistency pass) to its TSV; the summary's headline is the main file's. Returns the summary,
-    the markdown table and the per-input sigmas."""
+def write_reports(run_dir: Path, frames: dict[str, pd.DataFrame], dataset_name: str, sigma_search: dict,
+                  wall_seconds: float, extra: dict | None = None) -> tuple[dict, str]:
+    """summary.json, table.md, certified_accuracy.png (one curve per file and guarantee) and sigma_hist.png.
+    ``frames`` maps a label (the method's name for the main file, first; ``memory`` for the consistency
+    pass) to its rows; the summary's headline is the main file's. Returns the summary and the table."""
     radii = analysis.radius_grid(dataset_name)
-    frames = {}
-    for label, path in tsv_paths.items():
-        rows = analysis.read_certification(path)
-        frames[label] = rows[rows["idx"].isin(list(selected))]
-    main = frames[method_name]
+    (main_label, main), *_ = frames.items()
     summary = summary_of(main, radii, sigma_search, wall_seconds, extra)
     tables = {label: analysis.summarize_by_guarantee(rows, radii) for label, rows in frames.items()}
     if len(frames) > 1:
-        summary["files"] = {label: {"path": str(path.name), "by_guarantee": tables[label]}
-                            for label, path in tsv_paths.items()}
+        names = {main_label: "certify.tsv", "memory": "certify_memory.tsv"}
+        summary["files"] = {label: {"path": names.get(label, label), "by_guarantee": tables[label]}
+                            for label in frames}
     table = analysis.markdown_table(tables, radii)
     write_json_atomic(run_dir / "summary.json", summary)
-    write_text_atomic(run_dir / "table.md", table)
+    write_atomic(run_dir / "table.md", table)
     curves = {}
     for label, rows in frames.items():
         for guarantee in sorted(rows["guarantee"].astype(str).unique()):
             curves[f"{label} ({guarantee})"] = analysis.certified_accuracy_curve(rows[rows["guarantee"] == guarantee])
     analysis.plot_certified_accuracy(curves, run_dir / "certified_accuracy.png", title=f"{dataset_name}: certified accuracy")
-    sigmas = main["sigma"].astype(float).tolist()
-    analysis.plot_sigma_histogram(sigmas, run_dir / "sigma_hist.png", title=f"{dataset_name}: sigma per input")
-    return summary, table, sigmas
+    analysis.plot_sigma_histogram(main["sigma"].astype(float).tolist(), run_dir / "sigma_hist.png",
+                                  title=f"{dataset_name}: sigma per input")
+    return summary, table
 
 
 def flat_inputs(dataset, indices: Sequence[int]) -> np.ndarray:

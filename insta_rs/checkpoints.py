@@ -6,13 +6,17 @@ Loaded with ``weights_only=True``: a checkpoint cannot run code.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -78,3 +82,130 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@dataclass
+class TrainedRun:
+    """A run written by train.py, loaded once for everything downstream (certification, the selector,
+    compare, the semi-elastic rule).
+
+    model: the base classifier with its trained weights, in eval mode, on the CPU.
+    config: the run's resolved config (the checkpoint's ``insta_rs.config``).
+    source: the data source to use (the run's own, or the one asked for, checked to fit the model).
+    source_spec: the config of that data source (``_target_`` plus arguments), as recorded for resuming.
+    num_classes: the model's class count. path, sha256: the checkpoint file and its SHA-256.
+    """
+
+    model: nn.Module
+    config: dict
+    source: Any
+    source_spec: dict
+    num_classes: int
+    path: Path
+    sha256: str
+
+    @property
+    def trained_sigma(self) -> float | None:
+        """The one sigma the model was trained at (``train.sigma``, else ``train.sigma0``), or None when
+        the run was trained across several sigmas."""
+        train = self.config.get("train") or {}
+        sigma = train.get("sigma", train.get("sigma0"))
+        return float(sigma) if isinstance(sigma, (int, float)) and not isinstance(sigma, bool) else None
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory: the parent of ``checkpoints/`` (else the checkpoint's own folder)."""
+        parent = self.path.resolve().parent
+        return parent.parent if parent.name == "checkpoints" else parent
+
+
+def load_run(path: str | Path, source=None, source_spec: dict | None = None) -> TrainedRun:
+    """Load a train.py checkpoint: rebuild its model from the recorded config, load the weights, and pair it
+    with a data source: ``source`` (built from ``source_spec``) when given, else the run's own data set.
+    A data set whose classes or channels do not fit the model is a one-line DataError; weights that do
+    not fit the rebuilt model a one-line CheckpointError."""
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    stored = checkpoint["insta_rs"]
+    config = stored["config"]
+    if source is None:
+        source_spec = dict(config["dataset"])
+        source = build_from_spec(source_spec, "insta_rs.data", "dataset")
+    info = source.info
+    check_data_fits(checkpoint, info.name, info.num_classes, tuple(info.input_shape), path)
+    num_classes = int(stored["num_classes"])
+    trained_info = stored.get("dataset_info") or {}
+    input_shape = tuple(trained_info.get("input_shape", info.input_shape))
+    model = build_from_spec(config["model"], "insta_rs.models", "model", num_classes=num_classes,
+                            input_shape=input_shape, mean=tuple(trained_info.get("mean", info.mean)),
+                            std=tuple(trained_info.get("std", info.std)))
+    load_weights(model, checkpoint, path)
+    return TrainedRun(model.eval(), config, source, dict(source_spec or {}), num_classes, path, file_digest(path))
+
+
+def build_from_spec(spec: dict, package: str, setting: str, **extra):
+    """Call the class named by ``spec["_target_"]``, which must live in ``package``, with the other keys and
+    ``extra`` as keyword arguments. This rebuilds the pieces recorded in a checkpoint without Hydra (the
+    library does not import it); unlike Hydra's ``instantiate`` it refuses any target outside insta_rs, so a
+    checkpoint file cannot name an arbitrary callable to run."""
+    spec = dict(spec or {})
+    target = spec.pop("_target_", None)
+    module_name, _, name = str(target).rpartition(".")
+    if not (isinstance(target, str) and (module_name == package or module_name.startswith(package + "."))):
+        raise ConfigError(f"{setting}._target_={target!r} is invalid: expected a class of {package}, "
+                          f"e.g. {package}.<Name>")
+    factory = getattr(importlib.import_module(module_name), name, None)
+    if not callable(factory):
+        raise ConfigError(f"{setting}._target_={target!r} is invalid: {module_name} defines no {name}")
+    return factory(**spec, **extra)
+
+
+# --------------------------------------------------------------------------------------------------
+# The selector file (selector.pt, written by train=selector; ALGORITHMS.md 3d)
+
+SELECTOR_FORMAT = 1
+SELECTOR_FILE = "selector.pt"
+
+
+def build_selector_network(num_levels: int, input_shape, mean, std, width: int = 16, hidden: int = 64) -> nn.Module:
+    """h_sel, the network a selector file holds: a SmallCNN (insta_rs.models) with one output per level."""
+    from .models import SmallCNN
+
+    return SmallCNN(num_classes=num_levels, input_shape=tuple(input_shape), mean=tuple(mean), std=tuple(std),
+                    width=width, hidden=hidden)
+
+
+def save_selector(path: str | Path, model: nn.Module, record: dict) -> None:
+    """Write a selector file: {"insta_rs_selector": record, "state_dict": weights on CPU} (plain types and
+    tensors only, so ``load_selector`` reads it with ``weights_only=True``), through a temporary file.
+    ``record`` holds ``format`` (SELECTOR_FORMAT), ``levels`` (increasing), ``sigma`` (sigma_sel),
+    ``dataset_info``, ``network`` ({"name", "width", "hidden"}), and the classifier it belongs to
+    (``base_ckpt``, ``base_sha256``); training adds its settings and label counts."""
+    path = Path(path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"insta_rs_selector": record, "state_dict": state}, tmp)
+    tmp.replace(path)
+
+
+def load_selector(path: str | Path, device=None) -> tuple[nn.Module, dict]:
+    """The selector network (eval mode, on ``device``) and its record from a selector file (read with
+    ``weights_only=True``). CheckpointError when missing or not a selector file."""
+    path = Path(str(path)).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"the selector file {str(path)!r} does not exist: give the selector.pt written by "
+                              "python train.py train=selector base_ckpt=PATH")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"the selector file {str(path)!r} cannot be read "
+                              f"({' '.join(str(error).split())[:160]}); train one with train=selector") from error
+    record = payload.get("insta_rs_selector") if isinstance(payload, dict) else None
+    if not isinstance(record, dict) or record.get("format") != SELECTOR_FORMAT or "state_dict" not in payload:
+        raise CheckpointError(f"{str(path)!r} is not a selector file written by train=selector "
+                              f"(format {SELECTOR_FORMAT}); give its selector.pt")
+    info, network = record["dataset_info"], record["network"]
+    model = build_selector_network(len(record["levels"]), info["input_shape"], info["mean"], info["std"],
+                                   network["width"], network["hidden"])
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device or "cpu").eval(), record

@@ -1,7 +1,8 @@
 """What the entry points (train.py, certify.py, ``python -m insta_rs.*``) share: turning a user error
 into one line on stderr and the exit code of INTERFACE.md (2 for configuration, 1 otherwise), and
 checking config-group choices before Hydra composes them (Hydra's own message spans many lines).
-This module reads the conf/ folder as files; it does not import Hydra.
+The one module of the library that imports Hydra and OmegaConf (lazily): it turns config nodes into the
+library's settings and objects for the entry points.
 """
 
 from __future__ import annotations
@@ -157,3 +158,111 @@ def installed_launcher_plugins() -> list[str]:
     if spec is None or not spec.submodule_search_locations:
         return []
     return sorted(m.name for m in pkgutil.iter_modules(spec.submodule_search_locations) if "launcher" in m.name)
+
+
+# -- what the entry points share beyond errors: settings, the certification trainer, Hydra callbacks -----
+
+def register_configs() -> None:
+    """Register the settings dataclasses in Hydra's ConfigStore as the schema of their config group
+    (``certify/base``): the YAML files of a group list only what differs, and OmegaConf rejects a wrong type
+    or an unknown key. Called by the entry points and by the tests' compose fixture."""
+    from hydra.core.config_store import ConfigStore
+
+    from .certification import CertifySettings
+
+    ConfigStore.instance().store(group="certify", name="base", node=CertifySettings)
+
+
+def settings(cls, node, group: str):
+    """The dataclass ``cls`` built from a config node (checked by its ``__post_init__``)."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
+    return cls(**values)
+
+
+def resolved(node) -> dict | None:
+    """A config node as a plain dict (interpolations resolved), or None."""
+    from omegaconf import OmegaConf
+
+    return None if node is None else OmegaConf.to_container(node, resolve=True)
+
+
+def certification_trainer(trainer_cfg, run_dir: Path):
+    """``make_trainer(callbacks)`` for ``insta_rs.certification.run``: the Trainer of conf/trainer with our
+    ShardSampler instead of Lightning's (which would pad by repeating inputs), no logger, no checkpoints,
+    no BatchNorm syncing, and our progress bar instead of Lightning's."""
+    from hydra.utils import instantiate
+
+    quiet_lightning()
+
+    def make_trainer(callbacks):
+        return instantiate(trainer_cfg, logger=False, callbacks=callbacks, use_distributed_sampler=False,
+                           enable_checkpointing=False, enable_model_summary=False, sync_batchnorm=False,
+                           enable_progress_bar=False, default_root_dir=str(run_dir))
+
+    return make_trainer
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up lines (GPU/TPU availability, tips) out of the console."""
+    import logging
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def wandb_settings(cfg):
+    """The certification run's W&B settings from ``logger.wandb`` (None when that logger is off)."""
+    from .certification import WandbSettings
+
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None:
+        return None
+    return WandbSettings(mode="offline" if wandb_cfg.get("offline", True) else "online",
+                         project=wandb_cfg.get("project", "insta-rs"), group=wandb_cfg.get("group"),
+                         config=resolved(cfg))
+
+
+def method_spec(node, trained) -> dict:
+    """The ``sigma_search`` config as a dict, with a null ``sigma`` (the fixed-sigma method's) replaced by
+    the sigma the checkpoint was trained at; a ConfigError when it was trained across several."""
+    spec = resolved(node)
+    if "sigma" in spec and spec["sigma"] is None:
+        if trained.trained_sigma is None:
+            trained_sigma = (trained.config.get("train") or {}).get("sigma")
+            raise ConfigError(f"sigma_search.sigma=None is invalid: expected a number: the checkpoint was trained "
+                              f"with train.sigma={trained_sigma}, so name the sigma to certify at")
+        spec["sigma"] = trained.trained_sigma
+    return spec
+
+
+SWEEP_SUFFIX_ENV = "INSTA_RS_SWEEP_SUFFIX"
+
+
+def sweep_suffix(mode, sweep_dir) -> str:
+    """``"/<a>/<b>"`` from the last two parts of a multirun's sweep directory (``outputs/multirun/2025-01-31/
+    12-00-00`` -> ``/2025-01-31/12-00-00``), ``""`` for a single run (``mode`` is Hydra's RunMode or its name)."""
+    if not str(mode).upper().endswith("MULTIRUN") or not sweep_dir:
+        return ""
+    parts = [p for p in Path(str(sweep_dir)).parts if p not in ("/", ".")]
+    return "/" + "/".join(parts[-2:])
+
+
+def _hydra_callback_base():
+    from hydra.experimental.callback import Callback
+
+    return Callback
+
+
+class SweepGroupCallback(_hydra_callback_base()):
+    """A Hydra callback (``hydra.callbacks`` in conf/logger/wandb.yaml) that puts the sweep into the W&B group:
+    at the start of every job it sets INSTA_RS_SWEEP_SUFFIX to ``sweep_suffix(hydra.mode, hydra.sweep.dir)``,
+    which the logger config appends to the experiment name. The jobs of one multirun share the group
+    ``<experiment>/<date>/<time>``; a single run is in ``<experiment>``. It runs in the job's own process, so
+    it holds with any launcher."""
+
+    def on_job_start(self, config, **kwargs) -> None:
+        hydra_cfg = config.get("hydra") if hasattr(config, "get") else None
+        suffix = sweep_suffix(hydra_cfg.get("mode"), hydra_cfg.sweep.get("dir")) if hydra_cfg is not None else ""
+        os.environ[SWEEP_SUFFIX_ENV] = suffix

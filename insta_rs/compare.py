@@ -370,15 +370,15 @@ def compare(paths: Sequence[str | Path], radii: Sequence[float] | None = None, d
 
 def write_outputs(result: Comparison, out: str | Path) -> list[Path]:
     """DIR/compare.md, DIR/compare.csv, DIR/compare.png (atomically, via tracking/analysis helpers)."""
-    from .tracking import write_text_atomic
+    from .certification_file import write_atomic
 
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"--out={str(out)!r} cannot be created ({error.strerror}): expected a writable folder") from None
-    write_text_atomic(out / "compare.md", result.markdown)
-    write_text_atomic(out / "compare.csv", result.table.to_csv(index=False))
+    write_atomic(out / "compare.md", result.markdown)
+    write_atomic(out / "compare.csv", result.table.to_csv(index=False))
     analysis.plot_certified_accuracy(result.curves, out / "compare.png", title="Certified accuracy")
     return [out / "compare.md", out / "compare.csv", out / "compare.png"]
 

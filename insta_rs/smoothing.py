@@ -68,6 +68,13 @@ class Certificate:
     sigma: float
 
 
+def noise_sigma(sigma: float) -> float:
+    """The sigma the noise is actually scaled by: ``sigma`` rounded to float32 (the noise is drawn and scaled in
+    float32). Radii are computed with it, so a radius is that of the smoothing that was sampled: for
+    sigma = 0.12 the float64 value would give a radius about 2e-8 too large."""
+    return float(np.float32(sigma))
+
+
 def row_generator(seed: int, idx: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator seeded from (seed, idx) alone, so a row's draws do not depend on which rows ran before it."""
     state = np.random.SeedSequence([int(seed), int(idx)]).generate_state(2, dtype=np.uint32)
@@ -244,7 +251,8 @@ class Smooth:
             if p_lower < 0.5:
                 results.append(Certificate(ABSTAIN, 0.0, p_lower, count, n, sigma))
             else:
-                results.append(Certificate(candidate, cohen_radius(sigma, p_lower), p_lower, count, n, sigma))
+                results.append(Certificate(candidate, cohen_radius(noise_sigma(sigma), p_lower), p_lower, count, n,
+                                           sigma))
         return results
 
     def predict(

@@ -20,6 +20,10 @@ def compose():
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from insta_rs.cli import register_configs
+
+    register_configs()
+
     def _compose(config_name: str, overrides: list[str] = ()):
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

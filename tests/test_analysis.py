@@ -369,7 +369,7 @@ def test_cli_as_a_module(tmp_path):
 
 
 def test_reads_what_the_certification_log_writes(tmp_path):
-    from insta_rs.tracking import CertificationLog
+    from insta_rs.certification_file import CertificationLog
 
     path = tmp_path / "run" / "certify.tsv"
     path.parent.mkdir()

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from insta_rs import bench
-from insta_rs.certification import Certifier, certify_split
+from insta_rs.certification import Certifier
 from insta_rs.models import SmallCNN
 from insta_rs.search.base import FixedSigma
 from insta_rs.smoothing import Smooth
-from insta_rs.tracking import CertificationLog
+from insta_rs.certification_file import CertificationLog
 
 
 def _last_pairs(output: str) -> dict[str, str]:
@@ -95,7 +95,8 @@ def _tsv(tmp_path, name: str, **options) -> list[list[str]]:
     certifier = Certifier(Smooth(model, 10, batch_size=256, **options), FixedSigma(0.25), 16, 300, 0.001, seed=7)
     path = tmp_path / f"{name}.tsv"
     with CertificationLog(path, {"options": str(options)}, certifier.columns) as log:
-        certify_split(certifier, dataset, range(6), log)
+        for row in certifier.rows([x for x, _, _ in dataset], [y for _, y, _ in dataset], range(6)):
+            log.append(row)
     lines = [line.split("\t") for line in path.read_text().splitlines()]
     time_columns = {lines[0].index("time"), lines[0].index("search_time")}
     return [[v for i, v in enumerate(line) if i not in time_columns] for line in lines]

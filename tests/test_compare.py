@@ -26,7 +26,7 @@ from fixtures_data import write_cifar10, write_image_folder
 from insta_rs import analysis
 from insta_rs.compare import (collect_runs, compare, differing_keys, is_incidental, is_seed, main, path_labels,
                               setting_labels)
-from insta_rs.tracking import SWEEP_SUFFIX_ENV, SweepGroupCallback, sweep_suffix
+from insta_rs.cli import SWEEP_SUFFIX_ENV, SweepGroupCallback, sweep_suffix
 from insta_rs.training import TrainSettings
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsigma\tpA_lower\tguarantee\tsearch_time\tsearch_draws\n"

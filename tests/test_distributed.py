@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from insta_rs import distributed
+from insta_rs import certification_file, distributed
 from insta_rs.errors import ConfigError, DataError
-from insta_rs.tracking import CERTIFY_COLUMNS
+from insta_rs.certification_file import CERTIFY_COLUMNS
 
 from conftest import run_script
 
@@ -36,7 +36,7 @@ def _body(path: Path) -> list[list[str]]:
     """The rows of a TSV without the wall-clock columns (time, search_time), which legitimately differ."""
     lines = path.read_text().splitlines()
     header = lines[0].split("\t")
-    keep = [i for i, c in enumerate(header) if c not in distributed.TIME_COLUMNS]
+    keep = [i for i, c in enumerate(header) if c not in certification_file.TIME_COLUMNS]
     return [[fields[i] for i in keep] for fields in (line.split("\t") for line in lines)]
 
 
@@ -63,14 +63,14 @@ def test_merge_resumes_from_shards_of_another_world_size_and_ignores_a_torn_row(
     _write(tmp_path / "shards" / "rank1.tsv", [_line(9)], tail=_line(15)[:17])
     _write(tmp_path / "shards" / "rank2.tsv", [_line(3, time=9.0)])
     selected = [0, 3, 6, 9, 12, 15]
-    assert distributed.done_indices(tsv, SETTINGS, COLUMNS) == {0, 3, 6, 9, 12}
-    assert distributed.todo_indices(selected, {0, 3, 6, 9, 12}) == [15]
+    assert certification_file.done_indices(tsv, SETTINGS, COLUMNS) == {0, 3, 6, 9, 12}
+    assert certification_file.todo_indices(selected, {0, 3, 6, 9, 12}) == [15]
     with pytest.raises(DataError, match=r"1 of 6 selected inputs have no row.*idx=15.*rerun") as error:
-        distributed.merge_shards(tsv, SETTINGS, COLUMNS, selected)
+        certification_file.merge_shards(tsv, SETTINGS, COLUMNS, selected)
     assert "\n" not in str(error.value)
     # the missing row arrives (as a 2-rank rerun would write it): the merge is complete, ordered, deduplicated
     _write(tmp_path / "shards" / "rank1.tsv", [_line(9), _line(15)])
-    assert distributed.merge_shards(tsv, SETTINGS, COLUMNS, selected) == 6
+    assert certification_file.merge_shards(tsv, SETTINGS, COLUMNS, selected) == 6
     lines = tsv.read_text().splitlines()
     assert lines[0].split("\t") == list(COLUMNS)
     assert [int(line.split("\t")[0]) for line in lines[1:]] == selected
@@ -83,10 +83,10 @@ def test_merge_refuses_rows_that_disagree_or_other_settings(tmp_path):
     _write(tsv, [_line(0)])
     _write(tmp_path / "shards" / "rank0.tsv", [_line(0, radius=0.75)])
     with pytest.raises(DataError, match="idx=0 has radius=0.75"):
-        distributed.merge_shards(tsv, SETTINGS, COLUMNS, [0])
+        certification_file.merge_shards(tsv, SETTINGS, COLUMNS, [0])
     _write(tmp_path / "shards" / "rank0.tsv", [_line(0)], settings={"seed": 1, "n": 10})
     with pytest.raises(ConfigError, match="seed"):
-        distributed.done_indices(tsv, SETTINGS, COLUMNS)
+        certification_file.done_indices(tsv, SETTINGS, COLUMNS)
 
 
 # -- the real script, two processes over gloo -------------------------------------------------------------

@@ -299,7 +299,7 @@ def test_sigma_rule_is_r_semi_elastic(synthetic, clip):
 
 def test_rows_are_sound_with_the_semi_elastic_radius(synthetic):
     method = SemiElasticSigma(sigma_b=None, r=0.05, k=3, max_train=120)
-    method.prepare(SearchContext(source=synthetic, device="cpu", trained_config={"train": {"sigma": 0.3}}))
+    method.prepare(SearchContext(source=synthetic, device="cpu", trained_sigma=0.3))
     assert method.sigma_b == 0.3 and method.train_inputs.shape == (120, 64)
     assert method.name == "semi_elastic" and method.guarantee == "sound"
     assert method.extra_columns == ("cohen_radius",)
@@ -329,7 +329,7 @@ def test_config_errors():
         SemiElasticSigma(sigma_b=0.25, sigma_min=0.5, sigma_max=0.1)
     method = SemiElasticSigma(sigma_b=None)
     with pytest.raises(ConfigError, match="sigma_search.sigma_b"):
-        method.prepare(SearchContext(source=None, trained_config={"train": {"sigma": [0.12, 0.25]}}))
+        method.prepare(SearchContext(source=None, trained_sigma=None))  # trained across sigmas
 
 
 def test_config_file_instantiates(compose):

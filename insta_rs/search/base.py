@@ -2,7 +2,7 @@
 
 A method certifies one input and returns a ``RowResult``: the answer, its radius, the sigma used and
 the guarantee the radius carries (ALGORITHMS.md section 3: ``sound``, ``instance`` or ``memory``).
-Before the first row, ``certify.py`` calls ``prepare(context)`` once, giving the method what it may
+Before the first row, ``insta_rs.certification.run`` calls ``prepare(context)`` once, giving the method what it may
 need beyond the input (the training data, the device, the trained run's config).
 ``FixedSigma`` is Cohen et al.'s single global sigma (ALGORITHMS.md section 1).
 """
@@ -36,13 +36,14 @@ class RowResult:
 @dataclass
 class SearchContext:
     """What a method may use besides the input: the data source (its ``split("train")`` for methods
-    that look at training inputs), the number of classes, the device, the trained run's resolved
-    config, and the path of the classifier's checkpoint."""
+    that look at training inputs), the number of classes, the device, the one sigma the model was trained
+    at (None when it was trained across several: ``TrainedRun.trained_sigma``), and the path of the
+    classifier's checkpoint."""
 
     source: Any = None
     num_classes: int = 0
     device: torch.device | str = "cpu"
-    trained_config: dict = field(default_factory=dict)
+    trained_sigma: float | None = None
     ckpt_path: str | None = None
 
 
@@ -59,6 +60,11 @@ class SigmaMethod:
 
     def prepare(self, context: SearchContext) -> None:
         """Called once before the first row. Default: nothing to prepare."""
+
+    def resume_identity(self) -> dict:
+        """What a resumed run must share with the rows already written, beyond the method's config: e.g. the
+        SHA-256 of a file the method reads. Added to the settings stored beside certify.tsv. Default: nothing."""
+        return {}
 
     def certify(self, smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: float,
                 generator: torch.Generator) -> RowResult:

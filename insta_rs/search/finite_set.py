@@ -34,7 +34,7 @@ import torch
 from ..certificates import ABSTAIN
 from ..certificates.finite_set import LevelCertificate, best_level_radius, cascade_radius, level_bounds
 from ..errors import check
-from ..smoothing import Smooth, check_certify_settings
+from ..smoothing import Smooth, check_certify_settings, noise_sigma
 from .base import RowResult, SigmaMethod
 
 
@@ -73,7 +73,7 @@ class _FiniteLevels(SigmaMethod):
             check_certify_settings(sigma, n0, n, alpha)
         candidates, counts = self.level_counts(smooth, x, n0, n, generator)
         p_lower, p_upper = level_bounds(candidates, counts, n, alpha)
-        cert = self.rule(self.levels, candidates, p_lower, p_upper)
+        cert = self.rule([noise_sigma(sigma) for sigma in self.levels], candidates, p_lower, p_upper)
         level = cert.level if cert.level >= 0 else 0
         radius = cert.radius if cert.predict != ABSTAIN else 0.0
         return RowResult(cert.predict, radius, self.levels[level], float(p_lower[level]), self.guarantee,

@@ -94,12 +94,9 @@ class SemiElasticSigma(SigmaMethod):
     def prepare(self, context: SearchContext) -> None:
         """Load the training inputs (flattened, on context.device), fill in sigma_b and m."""
         if self.sigma_b is None:
-            train_cfg = (context.trained_config or {}).get("train", {}) or {}
-            trained_sigma = train_cfg.get("sigma", train_cfg.get("sigma0"))
-            check(isinstance(trained_sigma, (int, float)) and not isinstance(trained_sigma, bool) and trained_sigma > 0,
-                  "sigma_search.sigma_b", None,
-                  f"a number > 0 (the checkpoint's train.sigma={trained_sigma!r} is not one sigma: set sigma_b)")
-            self.sigma_b = float(trained_sigma)
+            check(context.trained_sigma is not None and context.trained_sigma > 0, "sigma_search.sigma_b", None,
+                  "a number > 0 (the checkpoint was not trained at one sigma: set sigma_b)")
+            self.sigma_b = float(context.trained_sigma)
         if context.source is None:
             raise ConfigError("sigma_search=semi_elastic needs the data set's training split: the certification "
                               "context has no data source")
