@@ -30,6 +30,13 @@ follows it (n0 + n draws at the chosen sigma), ending with ``search_draws_fracti
 search_seconds_fraction=...``. With ``small_cnn`` the model is first trained briefly on the digits data
 (``--train-steps``) so that the search sees a real margin landscape; ``cifar_resnet20`` stays random.
 
+``sequential --ckpt PATH`` certifies the same ``--rows`` inputs of a trained run's test split (every
+``--skip``-th) twice in one process, with ``certify.sampling=fixed`` at ``--n`` draws and with
+``sequential`` at a maximum of ``--n`` (same alpha, same seed; ``--bound union|anytime|both``, ``--tolerance``),
+and prints both certified-accuracy curves and ACRs, the mean draws and seconds per input, and the ratios.
+It ends with ``draws_reduction=X seconds_reduction=Y acr_ratio=Z max_accuracy_drop=W`` (the default bound's
+figures; max_accuracy_drop is the largest drop of certified accuracy over the radius grid, as a fraction).
+
 ``--quick`` shrinks everything (tiny model, small n, one repeat) for the test suite: its figures are
 well-formed but not meaningful.
 """
@@ -431,6 +438,77 @@ def _knobs(method) -> str:
 
 # -- command line ------------------------------------------------------------------------------------------
 
+def _certify_rows(trained, settings, dataset, indices, seed: int, sigma_search: str) -> tuple[list[dict], float]:
+    """The TSV rows of ``indices`` certified in this process with ``settings`` (no files), and the seconds."""
+    from .certification import Certifier
+    from .checkpoints import build_from_spec
+    from .search.base import SearchContext
+
+    spec = {"_target_": "insta_rs.search.base.FixedSigma", "sigma": trained.trained_sigma} \
+        if sigma_search == "fixed" else {"_target_": f"insta_rs.search.finite_set.{sigma_search}"}
+    method = build_from_spec(spec, "insta_rs.search", "sigma_search")
+    smooth = Smooth(trained.model, trained.num_classes, batch_size=settings.batch_size, device="cpu")
+    smooth.sequential = settings.plan
+    certifier = Certifier(smooth, method, settings.n0, settings.n, settings.alpha, seed)
+    method.prepare(SearchContext(source=trained.source, num_classes=trained.num_classes, device="cpu",
+                                 trained_sigma=trained.trained_sigma, ckpt_path=str(trained.path)))
+    rows, start, group = [], time.perf_counter(), certifier.rows_per_group
+    for at in range(0, len(indices), group):
+        items = [dataset[i] for i in indices[at:at + group]]
+        rows += certifier.rows([x for x, _, _ in items], [y for _, y, _ in items], indices[at:at + group])
+    return rows, time.perf_counter() - start
+
+
+def bench_sequential(args) -> dict:
+    """Fixed against sequential certification on one trained model and one set of inputs (module docstring)."""
+    import dataclasses
+
+    import pandas as pd
+
+    from . import analysis
+    from .certification import CertifySettings
+    from .checkpoints import load_run
+
+    check(args.ckpt is not None, "--ckpt", None, "the checkpoint of a trained run (train.py writes one)")
+    trained = load_run(args.ckpt)
+    dataset = trained.source.split("test")
+    indices = list(range(0, len(dataset), args.skip))[:args.rows]
+    fixed = CertifySettings(n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size)
+    radii = analysis.radius_grid(trained.source.info.name)
+    print(f"bench sequential: {trained.source.info.name} test split, {len(indices)} inputs (every {args.skip}th), "
+          f"model {trained.config['model']['_target_'].rsplit('.', 1)[1]} from {args.ckpt}, "
+          f"sigma_search={args.sigma_search}, n0={args.n0}, n={args.n}, alpha={args.alpha}, "
+          f"tolerance={args.tolerance}", flush=True)
+    _certify_rows(trained, fixed, dataset, indices[:1], args.seed, args.sigma_search)  # warm-up, not timed
+    results = {}
+    bounds = ("union", "anytime") if args.bound == "both" else (args.bound,)
+    for name, settings in [("fixed", fixed)] + [(f"sequential/{b}", dataclasses.replace(
+            fixed, sampling="sequential", bound=b, tolerance=args.tolerance)) for b in bounds]:
+        rows, seconds = _certify_rows(trained, settings, dataset, indices, args.seed, args.sigma_search)
+        frame = pd.DataFrame(rows)
+        draws = frame["draws"] if "draws" in frame else args.n0 + args.n + frame["search_draws"]
+        results[name] = {"acr": analysis.average_certified_radius(frame["radius"], frame["correct"]),
+                         "curve": analysis.certified_accuracy(frame["radius"], frame["correct"], radii),
+                         "draws": float(draws.mean()), "seconds": seconds / len(indices)}
+        r = results[name]
+        print(f"  {name:20s} ACR {r['acr']:.4f}  draws/input {r['draws']:9.0f}  s/input {r['seconds']:.3f}  "
+              + " ".join(f"{k:g}:{v:.3f}" for k, v in r["curve"].items()), flush=True)
+    return _sequential_pairs(results, bounds)
+
+
+def _sequential_pairs(results: dict, bounds) -> dict:
+    base = results["fixed"]
+    for bound in bounds:
+        r = results[f"sequential/{bound}"]
+        drop = max(base["curve"][k] - r["curve"][k] for k in base["curve"])
+        pairs = {"draws_reduction": base["draws"] / r["draws"], "seconds_reduction": base["seconds"] / r["seconds"],
+                 "acr_ratio": r["acr"] / base["acr"] if base["acr"] else float("nan"),
+                 "max_accuracy_drop": max(0.0, drop)}
+        print(f"  sequential/{bound} against fixed: {format_pairs(pairs)}")
+    print(format_pairs(pairs))
+    return pairs
+
+
 def format_pairs(pairs: dict) -> str:
     """One line of name=value pairs (floats with 4 significant decimals), for scripts."""
     def show(value):
@@ -457,7 +535,13 @@ def _batch_sizes(text: str) -> list[int]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m insta_rs.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("certify", "search"))
+    p.add_argument("what", choices=("certify", "search", "sequential"))
+    p.add_argument("--ckpt", default=None, help="sequential: the trained run's checkpoint")
+    p.add_argument("--skip", type=int, default=1, help="sequential: every skip-th test input")
+    p.add_argument("--bound", default="both", choices=("union", "anytime", "both"), help="sequential: the bound(s)")
+    p.add_argument("--tolerance", type=float, default=0.01, help="sequential: certify.tolerance")
+    p.add_argument("--sigma-search", default="fixed", choices=("fixed", "BestLevelSigma", "CascadeSigma"),
+                   help="sequential: the method (fixed sigma = the checkpoint's)")
     p.add_argument("--model", default="small_cnn", choices=MODELS)
     p.add_argument("--n", type=int, default=None, help="estimation draws per input (certify: 10000, search: 100000)")
     p.add_argument("--n0", type=int, default=100)
@@ -494,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.n is None:
             args.n = 10_000 if args.what == "certify" else 100_000
         if args.rows is None:
-            args.rows = 2 if args.what == "certify" else 3
+            args.rows = {"certify": 2, "search": 3, "sequential": 200}[args.what]
         args.batch_sizes = args.batch_sizes or [128, 256, 512, 1000, 2000]
         for name in ("n", "n0", "rows", "repeats", "batch_size", "ranks"):
             value = getattr(args, name)
@@ -505,7 +589,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"--device={args.device!r} but no CUDA device is visible: use --device cpu")
-        if args.what == "certify" and args.ranks != 1:
+        if args.what == "sequential":
+            bench_sequential(args)
+        elif args.what == "certify" and args.ranks != 1:
             if not args.quick and args.rows < 8 * args.ranks:
                 args.rows = 8 * args.ranks  # enough rows to amortise starting the processes
             bench_ranks(args)

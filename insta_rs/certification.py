@@ -25,11 +25,12 @@ import torch
 from . import analysis, certification_file, distributed
 from .certificates import ABSTAIN, check_alpha, floor_to
 from .certificates.memory import memory_consistency
+from .certificates.sequential import SequentialPlan
 from .certification_file import CERTIFY_COLUMNS, CertificationLog, write_atomic, write_json_atomic
 from .checkpoints import TrainedRun
 from .errors import check
 from .search.base import RowResult, SearchContext, SigmaMethod
-from .smoothing import Smooth, autocast_dtype_of, check_certify_settings, row_generator
+from .smoothing import Smooth, autocast_dtype_of, check_certify_settings, count_draws, draws_of, row_generator
 
 
 @dataclass
@@ -42,6 +43,11 @@ class CertifySettings:
     progress: a progress bar with the running certified accuracy. consistency: none | memory (ALGORITHMS.md
     3b: also write certify_memory.tsv). autocast (None | bf16 | fp16), channels_last, compile: speed options
     for the base model only; none changes how the noise is drawn.
+    sampling: fixed (Cohen's protocol: n draws for every input) | sequential (SOUND.md 3e: n is the maximum;
+    the draws come in stages and an input stops early). For sequential: bound (union | anytime),
+    first_stage and stage_factor (the schedule), tolerance (stop when the radius still reachable at n
+    exceeds the current one by at most this, pixel units), radii (certify at these radii only), reach_alpha
+    (see insta_rs.certificates.sequential.SequentialPlan).
     """
 
     n0: int = 100
@@ -56,6 +62,13 @@ class CertifySettings:
     autocast: str | None = None
     channels_last: bool = False
     compile: bool = False
+    sampling: str = "fixed"
+    bound: str = "union"
+    first_stage: int = 1000
+    stage_factor: float = 2.0
+    tolerance: float = 0.01
+    radii: list[float] | None = None
+    reach_alpha: float | None = 0.001
 
     def __post_init__(self) -> None:
         check_certify_settings(1.0, self.n0, self.n, self.alpha)
@@ -69,12 +82,39 @@ class CertifySettings:
         autocast_dtype_of(self.autocast)
         for name in ("progress", "channels_last", "compile"):
             check(isinstance(getattr(self, name), bool), f"certify.{name}", getattr(self, name), "true or false")
+        check(self.sampling in ("fixed", "sequential"), "certify.sampling", self.sampling, "fixed or sequential")
+        check(self.bound in ("union", "anytime"), "certify.bound", self.bound, "union or anytime")
+        check(_is_int(self.first_stage) and 1 <= self.first_stage, "certify.first_stage", self.first_stage,
+              "an integer >= 1")
+        check(isinstance(self.stage_factor, (int, float)) and self.stage_factor > 1, "certify.stage_factor",
+              self.stage_factor, "a number > 1")
+        check(isinstance(self.tolerance, (int, float)) and self.tolerance >= 0, "certify.tolerance", self.tolerance,
+              "a radius >= 0 (pixel units)")
+        check(self.radii is None or (len(self.radii) >= 1 and all(
+            isinstance(r, (int, float)) and r > 0 for r in self.radii)), "certify.radii", self.radii,
+            "null or a list of radii > 0, e.g. [0.25, 0.5, 0.75, 1.0]")
+        check(self.reach_alpha is None or (isinstance(self.reach_alpha, float) and 0 < self.reach_alpha < 1),
+              "certify.reach_alpha", self.reach_alpha, "null (optimistic) or a number in (0, 1)")
+        check(self.sampling == "sequential" or self.radii is None, "certify.radii", self.radii,
+              "null unless certify.sampling=sequential")
+
+    @property
+    def plan(self) -> SequentialPlan | None:
+        """The sequential plan (None for fixed sampling)."""
+        if self.sampling != "sequential":
+            return None
+        return SequentialPlan(self.bound, self.first_stage, float(self.stage_factor), float(self.tolerance),
+                              None if self.radii is None else tuple(sorted(float(r) for r in self.radii)),
+                              self.reach_alpha)
 
     def resume_identity(self) -> dict:
         """The settings a resumed run must share with the rows already written (the speed options that can
         change a model's last bits are recorded only when on, so runs made before they existed resume)."""
         identity = {"n0": self.n0, "n": self.n, "alpha": self.alpha, "split": self.split, "skip": self.skip,
                     "autocast": self.autocast}
+        if self.sampling == "sequential":  # recorded only when on, so fixed-sampling runs resume as before
+            identity["sequential"] = {key: getattr(self, key) for key in (
+                "bound", "first_stage", "stage_factor", "tolerance", "radii", "reach_alpha")}
         return {**identity, **{key: True for key in ("channels_last", "compile") if getattr(self, key)}}
 
 
@@ -104,7 +144,9 @@ class Certifier:
         check_certify_settings(1.0, n0, n, alpha)
         self.smooth, self.method = smooth, method
         self.n0, self.n, self.alpha, self.seed = int(n0), int(n), float(alpha), int(seed)
-        self.columns = CERTIFY_COLUMNS + tuple(method.extra_columns)
+        # fixed sampling keeps Cohen's columns byte for byte; sequential rows say how many draws they used
+        self.draws_column = smooth.sequential is not None
+        self.columns = CERTIFY_COLUMNS + (("draws",) if self.draws_column else ()) + tuple(method.extra_columns)
 
     @property
     def rows_per_group(self) -> int:
@@ -116,12 +158,17 @@ class Certifier:
     def rows(self, xs: Sequence[torch.Tensor], labels: Sequence[int], indices: Sequence[int]) -> list[dict]:
         generators = [row_generator(self.seed, int(idx), self.smooth.device) for idx in indices]
         start = time.perf_counter()
-        results = self.method.certify_many(self.smooth, list(xs), self.n0, self.n, self.alpha, generators)
+        with count_draws():
+            results = self.method.certify_many(self.smooth, list(xs), self.n0, self.n, self.alpha, generators)
+            draws = [draws_of(generator) for generator in generators]
         seconds = (time.perf_counter() - start) / max(1, len(indices))
-        return [self._row(result, int(label), int(idx), seconds) for result, label, idx in zip(results, labels, indices)]
+        return [self._row(result, int(label), int(idx), seconds, used)
+                for result, label, idx, used in zip(results, labels, indices, draws)]
 
-    def _row(self, result: RowResult, label: int, idx: int, seconds: float) -> dict:
+    def _row(self, result: RowResult, label: int, idx: int, seconds: float, draws: int) -> dict:
         correct = int(result.predict == label and result.predict != ABSTAIN)
+        if self.draws_column:
+            result.extra = {"draws": draws, **result.extra}
         # the search's seconds are reported in their own column; `time` is the certification's share
         return {
             "idx": idx, "label": label, "predict": int(result.predict),
@@ -170,6 +217,7 @@ def run(trained: TrainedRun, method: SigmaMethod, method_spec: dict, settings: C
     smooth = Smooth(trained.model, trained.num_classes, batch_size=settings.batch_size, device=device,
                     autocast_dtype=settings.autocast, channels_last=settings.channels_last,
                     compile=settings.compile)
+    smooth.sequential = settings.plan
     certifier = Certifier(smooth, method, settings.n0, settings.n, settings.alpha, seed)
     method.prepare(SearchContext(source=trained.source, num_classes=trained.num_classes, device=device,
                                  trained_sigma=trained.trained_sigma, ckpt_path=str(trained.path)))
@@ -183,7 +231,7 @@ def run(trained: TrainedRun, method: SigmaMethod, method_spec: dict, settings: C
                                        progress=settings.progress):
         return None
     rows = _selected_rows(analysis.read_certification(tsv_path), selected)
-    frames, extra = {method.name: rows}, {}
+    frames, extra = {method.name: rows}, {"draws_fixed": settings.n0 + settings.n}
     if settings.consistency == "memory":
         frames["memory"], extra["memory_changed_rows"] = memory_pass(run_dir, rows, dataset, identity)
     summary, table = write_reports(run_dir, frames, trained.source.info.name, method_spec, time.time() - started,
@@ -230,8 +278,12 @@ def memory_pass(run_dir: Path, rows: pd.DataFrame, dataset, identity: dict) -> t
 def summary_of(rows, radii: Sequence[float], sigma_search: dict, wall_seconds: float, extra: dict | None = None) -> dict:
     """summary.json (INTERFACE.md). With one guarantee label the headline numbers are that label's; with
     several they are null and ``by_guarantee`` holds each label's numbers, so nothing is mixed silently."""
+    extra = dict(extra or {})
+    fixed = extra.pop("draws_fixed", None)
     by_guarantee = analysis.summarize_by_guarantee(rows, radii)
     single = next(iter(by_guarantee.values())) if len(by_guarantee) == 1 else None
+    # every draw a row used, search included: the `draws` column (sequential), else n0 + n + search draws
+    draws = rows["draws"] if "draws" in rows else (None if fixed is None else fixed + rows["search_draws"])
     headline = {key: (single[key] if single else None)
                 for key in ("acr", "certified_accuracy", "clean_accuracy", "abstain_rate", "sigma_quantiles")}
     return {
@@ -242,8 +294,10 @@ def summary_of(rows, radii: Sequence[float], sigma_search: dict, wall_seconds: f
         "seconds": round(float(rows["time"].sum() + rows["search_time"].sum()), 3),
         "seconds_per_input": round(float((rows["time"] + rows["search_time"]).mean()), 4) if len(rows) else None,
         "wall_seconds_this_run": round(wall_seconds, 3),
+        "draws_mean": None if draws is None or not len(rows) else round(float(draws.mean()), 1),
+        "draws_median": None if draws is None or not len(rows) else float(draws.median()),
         "by_guarantee": by_guarantee,
-        **(extra or {}),
+        **extra,
     }
 
 

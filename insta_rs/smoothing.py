@@ -40,7 +40,31 @@ from .certificates import (
     cohen_radius,
     predict_is_confident,
 )
+from .certificates.sequential import SequentialPlan
 from .errors import ConfigError, check
+
+_DRAWS: dict[int, int] = {}
+"""Draws made per generator (by id) while ``count_draws`` is active: every draw of a row, search included."""
+_COUNTING = [0]
+
+
+@contextlib.contextmanager
+def count_draws():
+    """Within this block, count every noise draw made from each generator (by ``id``), on every ``Smooth``
+    (the classifier's and a selector's alike); ``draws_of(generator)`` reads the count."""
+    _COUNTING[0] += 1
+    try:
+        yield
+    finally:
+        _COUNTING[0] -= 1
+        if not _COUNTING[0]:
+            _DRAWS.clear()
+
+
+def draws_of(generator) -> int:
+    """How many noise draws ``generator`` has served since the enclosing ``count_draws`` began."""
+    return _DRAWS.get(id(generator), 0)
+
 
 NOISE_BLOCK = 64
 """Draws per ``normal_`` call. Part of the definition of the noise stream: changing it changes every row."""
@@ -168,6 +192,8 @@ class Smooth:
         self.compile = compile
         self._forward_module = torch.compile(self.base_classifier, dynamic=False) if compile else self.base_classifier
         self.phase_seconds: dict[str, float] | None = None
+        self.sequential: SequentialPlan | None = None
+        """Set to a SequentialPlan to certify sequentially (SOUND.md 3e): CERTIFY's n is then the maximum."""
 
     @torch.inference_mode()
     def sample_counts(
@@ -236,6 +262,8 @@ class Smooth:
             return []
         xs = xs.to(self.device, torch.float32)
         sigma_t = torch.tensor(sigmas, dtype=torch.float32).to(self.device)
+        if self.sequential is not None:
+            return self._certify_sequential(xs, sigma_t, sigmas, n0, n, alpha, generators)
         selection = torch.zeros(rows, self.num_classes, dtype=torch.long, device=self.device)
         estimation = torch.zeros(rows, self.num_classes, dtype=torch.long, device=self.device)
         requests = []
@@ -253,6 +281,43 @@ class Smooth:
             else:
                 results.append(Certificate(candidate, cohen_radius(noise_sigma(sigma), p_lower), p_lower, count, n,
                                            sigma))
+        return results
+
+    def _certify_sequential(self, xs, sigma_t, sigmas, n0: int, n_max: int, alpha: float,
+                            generators) -> list[Certificate]:
+        """CERTIFY with the draws in stages (SOUND.md 3e): n0 draws pick each row's candidate; then the rows
+        still running draw up to the bound's next look together, and each row stops as ``decide`` says
+        (early abstain, tolerance or the radii list). The bound is the plan's union-bound schedule or
+        confidence sequence over at most ``n_max`` draws at total level ``alpha``; the reported lower bound is
+        the best of the looks, all of which hold together with probability >= 1 - alpha."""
+        rows = xs.shape[0]
+        selection = torch.zeros(rows, self.num_classes, dtype=torch.long, device=self.device)
+        self._count([_Request(xs[i], sigma_t[i], n0, generators[i], selection[i]) for i in range(rows)], xs.shape[1:])
+        candidates = selection.argmax(dim=1).tolist()
+        bound = self.sequential.bound(n_max, alpha)
+        successes, best, trials = [0] * rows, [0.0] * rows, 0
+        results: list[Certificate | None] = [None] * rows
+        active = list(range(rows))
+        for look in bound.looks():
+            counts = torch.zeros(len(active), self.num_classes, dtype=torch.long, device=self.device)
+            self._count([_Request(xs[i], sigma_t[i], look - trials, generators[i], counts[j])
+                         for j, i in enumerate(active)], xs.shape[1:])
+            got = counts.gather(1, torch.tensor([candidates[i] for i in active], device=self.device).view(-1, 1))
+            trials, still = look, []
+            for i, k in zip(active, got.view(-1).tolist()):
+                successes[i] += k
+                decision, _, best[i] = self.sequential.decide(successes[i], trials, bound, noise_sigma(sigmas[i]),
+                                                              best[i])
+                if decision == "continue":
+                    still.append(i)
+                else:
+                    certified = decision == "certified"
+                    results[i] = Certificate(candidates[i] if certified else ABSTAIN,
+                                             cohen_radius(noise_sigma(sigmas[i]), best[i]) if certified else 0.0,
+                                             best[i], successes[i], trials, sigmas[i])
+            active = still
+            if not active:
+                break
         return results
 
     def predict(
@@ -278,6 +343,9 @@ class Smooth:
         requests = [r for r in requests if r.num > 0]
         if not requests:
             return
+        if _COUNTING[0]:
+            for request in requests:
+                _DRAWS[id(request.generator)] = _DRAWS.get(id(request.generator), 0) + request.num
         size, device, classes = self.batch_size, self.device, self.num_classes
         chunk = torch.empty((size, *shape), dtype=torch.float32, device=device)
         # a block that straddles two chunks is drawn here first (its tail waits for the next chunk)

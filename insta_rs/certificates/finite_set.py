@@ -42,6 +42,7 @@ import numpy as np
 from scipy.stats import beta, norm
 
 from ..errors import check
+from .sequential import anytime_lower
 from .bounds import ABSTAIN
 
 
@@ -93,7 +94,7 @@ def cp_upper(successes, trials: int, alpha: float) -> np.ndarray:
     return np.where(k < trials, out, 1.0)
 
 
-def level_bounds(candidates, counts, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def level_bounds(candidates, counts, n: int, alpha: float, anytime: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The simultaneous bounds of SOUND.md 3a from each level's estimation counts.
 
     candidates: (..., K) class picked at each level by its n0 selection draws (independent of counts).
@@ -101,15 +102,20 @@ def level_bounds(candidates, counts, n: int, alpha: float) -> tuple[np.ndarray, 
     Returns (p_lower (..., K), p_upper (..., K, C)): p_lower[k] bounds p_k(c_k) from below, p_upper[k, c]
     bounds p_k(c) from above for every class (min(CP upper, 1 - p_lower[k]) for c != c_k). All hold
     together with probability >= 1 - alpha (each CP bound at ``statement_alpha``). Leading dimensions
-    broadcast (several inputs or simulated trials at once).
+    broadcast (several inputs or simulated trials at once). ``anytime``: each statement is instead the
+    beta-binomial mixture confidence sequence at ``statement_alpha`` (valid at every n at once; SOUND.md 3e),
+    the upper bound of c being one minus the lower bound of "not c".
     """
     counts = np.asarray(counts)
     candidates = np.asarray(candidates, dtype=np.int64)
     num_levels, num_classes = counts.shape[-2], counts.shape[-1]
     each = statement_alpha(alpha, num_levels, num_classes)
     top = np.take_along_axis(counts, candidates[..., None], axis=-1)[..., 0]
-    p_lower = cp_lower(top, n, each)
-    p_upper = cp_upper(counts, n, each)
+    if anytime:
+        lower = np.vectorize(lambda k: anytime_lower(int(k), int(n), each), otypes=[np.float64])
+        p_lower, p_upper = lower(top), 1.0 - lower(n - counts)
+    else:
+        p_lower, p_upper = cp_lower(top, n, each), cp_upper(counts, n, each)
     others = np.arange(num_classes) != candidates[..., None]
     p_upper = np.where(others, np.minimum(p_upper, 1.0 - p_lower[..., None]), p_upper)
     return p_lower, p_upper

@@ -381,3 +381,33 @@ def sequential_certify(draw: Callable[[int], int], n_max: int, alpha: float, met
     """
     bound = make_bound(method, n_max, alpha, batch, factor, weights, prior)
     return run_sequential(draw, bound, sigma, tolerance, radii, reach_alpha)
+
+
+
+@dataclass(frozen=True)
+class SequentialPlan:
+    """``certify.sampling=sequential``: how a certificate spends its draws (SOUND.md 3e).
+
+    bound: "union" (Clopper-Pearson at stage shares of a geometric schedule: first stage ``first`` draws,
+    each next one ``factor`` times larger, up to n_max) or "anytime" (the beta-binomial mixture confidence
+    sequence, read every ``first`` draws). tolerance: stop when the radius still reachable at n_max exceeds
+    the current one by at most this (pixel units). radii: certify at these radii only: stop when the next
+    one above the current radius is out of reach. reach_alpha: how optimistic "reachable" is (None: every
+    remaining draw a success; beta: the remaining draws succeed at the Clopper-Pearson upper bound at beta).
+    The stopping rule changes only the cost, never the validity: every bound it may report is paid for
+    before the input is seen."""
+
+    bound_kind: str = "union"
+    first: int = 1000
+    factor: float = 2.0
+    tolerance: float = 0.01
+    radii: tuple[float, ...] | None = None
+    reach_alpha: float | None = 0.001
+
+    def bound(self, n_max: int, alpha: float):
+        """The schedule (union) or confidence sequence (anytime) of one certificate: n_max draws, level alpha."""
+        return make_bound(self.bound_kind, n_max, alpha, batch=min(self.first, n_max), factor=self.factor)
+
+    def decide(self, successes: int, trials: int, bound, sigma: float, best_lower: float) -> tuple[str, str, float]:
+        """``decide`` with this plan's tolerance, radii and reach."""
+        return decide(successes, trials, bound, sigma, self.tolerance, self.radii, best_lower, self.reach_alpha)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..certificates import ABSTAIN
-from ..certificates.finite_set import LevelCertificate, best_level_radius, cascade_radius, level_bounds
+from ..certificates.finite_set import LevelCertificate, best_level_radius, cascade_radius, cp_upper, level_bounds
 from ..errors import check
 from ..smoothing import Smooth, check_certify_settings, noise_sigma
 from .base import RowResult, SigmaMethod
@@ -66,19 +66,73 @@ class _FiniteLevels(SigmaMethod):
         estimation = smooth.sample_counts(rows, sigmas, n, generator)
         return selection.argmax(dim=1).cpu().numpy(), estimation.cpu().numpy()
 
+    def certify_sequential(self, smooth: Smooth, x: torch.Tensor, n0: int, n_max: int, alpha: float,
+                           generator) -> tuple[LevelCertificate, np.ndarray, int]:
+        """The K(C+1) statements of SOUND.md 3a, staged (SOUND.md 3e): every level draws up to each look of the
+        plan's bound; at a stage of the union schedule each statement gets its share alpha_s / (K(C+1)) (with
+        the confidence sequence, alpha / (K(C+1)) at every look); the bounds kept are the best over the looks
+        (all hold together with probability >= 1 - alpha). Stops when even the reachable bounds at n_max
+        abstain, or cannot raise the radius by more than the tolerance (or reach the next listed radius)."""
+        plan, levels = smooth.sequential, [noise_sigma(sigma) for sigma in self.levels]
+        rows = x.unsqueeze(0).expand(len(self.levels), *x.shape)
+        sigmas = torch.tensor(self.levels, dtype=torch.float32)
+        candidates = smooth.sample_counts(rows, sigmas, n0, generator).argmax(dim=1).cpu().numpy()
+        bound, anytime = plan.bound(n_max, alpha), plan.bound_kind == "anytime"
+        counts, trials, lower, upper = 0, 0, None, None
+        for stage, look in enumerate(bound.looks()):
+            counts = counts + smooth.sample_counts(rows, sigmas, look - trials, generator).cpu().numpy()
+            trials = look
+            share = alpha if anytime else bound.alphas[stage]
+            p_lower, p_upper = level_bounds(candidates, counts, trials, share, anytime)
+            lower = p_lower if lower is None else np.maximum(lower, p_lower)
+            upper = p_upper if upper is None else np.minimum(upper, p_upper)
+            cert = self.rule(levels, candidates, lower, upper)
+            if trials >= n_max or self._stop(plan, cert, self._reachable(
+                    plan, levels, candidates, counts, trials, n_max, alpha if anytime else bound.alphas[-1],
+                    anytime, lower, upper)):
+                return cert, lower, trials
+        raise AssertionError("the last look is n_max")
+
+    def _reachable(self, plan, levels, candidates, counts, trials, n_max, share, anytime, lower, upper):
+        """The certificate the bounds at n_max would give if the remaining draws went well: each candidate
+        gains at the Clopper-Pearson upper rate of its count (at ``plan.reach_alpha``; all of them if None),
+        the other classes gain nothing."""
+        rest = n_max - trials
+        top = np.take_along_axis(counts, candidates[:, None], axis=1)[:, 0]
+        rate = 1.0 if plan.reach_alpha is None else cp_upper(top, trials, plan.reach_alpha)
+        reach = counts.copy()
+        np.put_along_axis(reach, candidates[:, None], (top + np.ceil(rate * rest)).astype(np.int64)[:, None], axis=1)
+        p_lower, p_upper = level_bounds(candidates, reach, n_max, share, anytime)
+        return self.rule(levels, candidates, np.maximum(lower, p_lower), np.minimum(upper, p_upper))
+
+    @staticmethod
+    def _stop(plan, cert: LevelCertificate, reach: LevelCertificate) -> bool:
+        if reach.predict == ABSTAIN:
+            return True  # abstaining makes no claim: always allowed
+        if plan.radii is None:
+            return reach.radius - cert.radius <= plan.tolerance
+        above = [r for r in plan.radii if r > cert.radius]
+        return not above or above[0] > reach.radius
+
+    def _row(self, cert: LevelCertificate, p_lower: np.ndarray, per_level: int) -> RowResult:
+        level = cert.level if cert.level >= 0 else 0
+        radius = cert.radius if cert.predict != ABSTAIN else 0.0
+        return RowResult(cert.predict, radius, self.levels[level], float(p_lower[level]), self.guarantee,
+                         search_time=0.0, search_draws=(len(self.levels) - 1) * per_level,
+                         extra={"level": cert.level, "limited_by": cert.label})
+
     def certify(self, smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: float,
                 generator: torch.Generator) -> RowResult:
         """Sample every level, bound (SOUND.md 3a, alpha split over K*(C+1) statements), apply the rule."""
         for sigma in self.levels:
             check_certify_settings(sigma, n0, n, alpha)
+        if smooth.sequential is not None:
+            cert, p_lower, trials = self.certify_sequential(smooth, x, n0, n, alpha, generator)
+            return self._row(cert, p_lower, n0 + trials)
         candidates, counts = self.level_counts(smooth, x, n0, n, generator)
         p_lower, p_upper = level_bounds(candidates, counts, n, alpha)
         cert = self.rule([noise_sigma(sigma) for sigma in self.levels], candidates, p_lower, p_upper)
-        level = cert.level if cert.level >= 0 else 0
-        radius = cert.radius if cert.predict != ABSTAIN else 0.0
-        return RowResult(cert.predict, radius, self.levels[level], float(p_lower[level]), self.guarantee,
-                         search_time=0.0, search_draws=(len(self.levels) - 1) * (n0 + n),
-                         extra={"level": cert.level, "limited_by": cert.label})
+        return self._row(cert, p_lower, n0 + n)
 
 
 class CascadeSigma(_FiniteLevels):
