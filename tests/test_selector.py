@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -15,24 +16,16 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from insta_rs.checkpoints import file_digest
+from conftest import ROOT
+from insta_rs.checkpoints import build_selector_network, file_digest, load_run, load_selector, save_selector
 from insta_rs.data import Synthetic
 from insta_rs.errors import CheckpointError, ConfigError
 from insta_rs.models import SmallCNN
 from insta_rs.search.base import SearchContext
-from insta_rs.search.selector import SelectorSigma
-from insta_rs.selector import (
-    SelectorSettings,
-    build_selector_network,
-    check_levels,
-    distillation_check_files,
-    fit_selector,
-    fit_selector_from_config,
-    load_selector,
-    nearest_level_labels,
-    save_selector,
-    selector_targets,
-)
+from insta_rs.search.selector import SelectorSigma, check_levels
+from insta_rs.selector_check import distillation_check_files
+from insta_rs.selector_labels import nearest_level_labels, selector_targets
+from insta_rs.selector_training import SelectorSettings, fit_selector
 from insta_rs.smoothing import Smooth
 from insta_rs.training import SmoothingClassifier, TrainSettings
 
@@ -165,8 +158,9 @@ def test_min_of_radii_and_alpha_split(sigma_sel, levels, limited_by):
     method = method_with(Constant(1, 2), levels, sigma_sel, selector_n=sel_n)
     smooth = Smooth(Constant(2, 3), 3, batch_size=256)
     row = method.certify(smooth, torch.zeros(1, 4, 4), n0, n, alpha, torch.Generator().manual_seed(0))
-    r_sel = sigma_sel * norm.ppf((alpha / 2) ** (1 / sel_n))
-    r_cls = levels[1] * norm.ppf((alpha / 2) ** (1 / n))
+    # radii use the sigma the noise was scaled by: float32(0.3) > 0.3, so r_cls is the float32 one
+    r_sel = float(np.float32(sigma_sel)) * norm.ppf((alpha / 2) ** (1 / sel_n))
+    r_cls = float(np.float32(levels[1])) * norm.ppf((alpha / 2) ** (1 / n))
     assert row.predict == 2 and row.sigma == levels[1] and row.extra["level"] == 1
     assert row.extra["radius_selector"] == pytest.approx(r_sel, abs=2e-6)
     assert row.extra["radius_classifier"] == pytest.approx(r_cls, abs=2e-6)
@@ -177,6 +171,18 @@ def test_min_of_radii_and_alpha_split(sigma_sel, levels, limited_by):
     # spending the whole alpha on either certificate would have given a larger radius
     assert row.radius < min(sigma_sel * norm.ppf(alpha ** (1 / sel_n)), levels[1] * norm.ppf(alpha ** (1 / n)))
     assert row.search_draws == n0 + sel_n
+
+
+def test_selector_radius_uses_the_float32_sigma_of_the_noise():
+    """The noise is scaled by float32(sigma_sel), which for 0.12 is below 0.12: the selector's radius uses
+    that sigma (closed-form bound (alpha/2)^(1/n) at k = n), never the float64 one."""
+    alpha, n0, n = 0.02, 20, 500
+    method = method_with(Constant(0, 2), (0.5, 1.0), 0.12)
+    row = method.certify(Smooth(Constant(1, 3), 3, batch_size=256), torch.zeros(1, 4, 4), n0, n, alpha,
+                         torch.Generator().manual_seed(0))
+    z = norm.ppf((alpha / 2) ** (1 / n))
+    assert row.extra["limited_by"] == "selector" and row.sigma == 0.5
+    assert row.radius == pytest.approx(float(np.float32(0.12)) * z, rel=1e-10) and row.radius < 0.12 * z
 
 
 def test_selector_abstention_propagates():
@@ -243,9 +249,9 @@ def test_best_radius_labels_on_a_fake_model(soft):
     levels, draws, temperature = [0.12, 0.25, 0.5, 1.0], 16, 0.2
     split = [(torch.full((1, 1, 1), 100.0), 1, 0), (torch.full((1, 1, 1), -100.0), 1, 1)]
     table = {"idx": torch.tensor([0, 1]), "label": torch.tensor([1, 1]), "sigma": torch.tensor([0.3, 0.3])}
-    targets = selector_targets("best_radius", table, levels, split=split, base_model=Sign(), num_classes=2,
-                               draws=draws, soft_labels=soft, temperature=temperature,
-                               generator=torch.Generator().manual_seed(0))
+    settings = SelectorSettings(levels=levels, label_mode="best_radius", draws=draws, soft_labels=soft,
+                                temperature=temperature)
+    targets = selector_targets(settings, table, split, Sign(), 2, torch.Generator().manual_seed(0))
     eps = 1 / (2 * draws)
     radii = np.array([[s * norm.ppf(1 - eps) for s in levels], [s * norm.ppf(eps) for s in levels]])
     if soft:
@@ -254,7 +260,7 @@ def test_best_radius_labels_on_a_fake_model(soft):
     else:
         assert targets.argmax(dim=1).tolist() == [3, 0] and targets.sum().item() == 2
     # nearest ignores the model: 0.3 is below the geometric mean 0.354 of 0.25 and 0.5
-    assert selector_targets("nearest", table, levels).tolist() == [1, 1]
+    assert selector_targets(SelectorSettings(levels=levels, label_mode="nearest"), table).tolist() == [1, 1]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,8 +300,9 @@ def base_run(tmp_path_factory):
 def test_fit_selector_then_certify(base_run, tmp_path, label_mode):
     ckpt, source = base_run
     levels = [0.5, 0.12, 0.25]
-    path = fit_selector(ckpt, levels, 0.25, label_mode, epochs=1, lr=0.05, batch_size=32, run_dir=tmp_path,
-                        seed=0, draws=4, width=4, hidden=8)
+    settings = SelectorSettings(levels=levels, sigma=0.25, label_mode=label_mode, epochs=1, lr=0.05, batch_size=32,
+                                draws=4, width=4, hidden=8)
+    path = fit_selector(load_run(ckpt), settings, run_dir=tmp_path, seed=0)
     assert path == tmp_path / "selector.pt"
     network, record = load_selector(path)
     assert record["levels"] == [0.12, 0.25, 0.5] and record["sigma"] == 0.25 and record["label_mode"] == label_mode
@@ -308,10 +315,7 @@ def test_fit_selector_then_certify(base_run, tmp_path, label_mode):
 
     method = SelectorSigma(ckpt_path=str(path))
     method.prepare(SearchContext(source=source, num_classes=3, device="cpu", ckpt_path=str(ckpt)))
-    from insta_rs.selector import load_base_classifier
-
-    base, _ = load_base_classifier(ckpt)
-    smooth = Smooth(base, 3, batch_size=64)
+    smooth = Smooth(load_run(ckpt).model, 3, batch_size=64)
     test = source.split("test")
     for i in range(3):
         row = method.certify(smooth, test[i][0], 10, 60, 0.01, torch.Generator().manual_seed(i))
@@ -348,21 +352,51 @@ def test_selector_for_another_checkpoint_is_refused(tmp_path):
         SelectorSigma(ckpt_path=str(tmp_path / "missing.pt")).prepare(SearchContext(ckpt_path=str(base)))
 
 
-def test_fit_selector_errors(base_run, tmp_path):
+def _train_module():
+    """train.py as a module (its ``train_selector``), imported from the project root."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        import train
+    finally:
+        sys.path.remove(str(ROOT))
+    return train
+
+
+def test_resume_identity_pins_the_selector_file(tmp_path):
+    """A resumed certification must not mix in a selector retrained at the same path: the method's resume
+    identity is the file's SHA-256, and it changes when the file is rewritten."""
+    record = {"format": 1, "levels": [0.25, 0.5], "sigma": 0.25, "label_mode": "nearest", "base_ckpt": "b",
+              "base_sha256": "0" * 64, "dataset_info": {"input_shape": [1, 4, 4], "mean": [0.5], "std": [0.25]},
+              "network": {"name": "small_cnn", "width": 2, "hidden": 4}}
+    path = tmp_path / "selector.pt"
+    torch.manual_seed(0)
+    save_selector(path, build_selector_network(2, (1, 4, 4), (0.5,), (0.25,), width=2, hidden=4), record)
+    method = SelectorSigma(ckpt_path=str(path))
+    first = method.resume_identity()
+    assert first == {"selector_sha256": file_digest(path)}
+    torch.manual_seed(1)  # retrained: other weights, same path
+    save_selector(path, build_selector_network(2, (1, 4, 4), (0.5,), (0.25,), width=2, hidden=4), record)
+    assert method.resume_identity() != first
+
+
+def test_fit_selector_errors(base_run, tmp_path, compose):
     ckpt, _ = base_run
-    with pytest.raises(CheckpointError, match=r"base_ckpt=.*does not exist"):
-        fit_selector(tmp_path / "nope.ckpt", [0.25, 0.5], 0.25, "nearest", run_dir=tmp_path)
+    cfg = compose("train", ["train=selector", f"base_ckpt={tmp_path / 'nope.ckpt'}", "logger=none"])
+    with pytest.raises(CheckpointError, match=r"base_ckpt=.*does not exist") as err:
+        _train_module().train_selector(cfg, tmp_path / "out")
+    assert "\n" not in str(err.value) and not (tmp_path / "out").exists()  # refused before anything is written
     lonely = tmp_path / "run" / "checkpoints"
     lonely.mkdir(parents=True)
     shutil.copy(ckpt, lonely / "last.ckpt")
     with pytest.raises(CheckpointError, match=r"no train_sigma\.pt .* train the base with train=insta_rs") as err:
-        fit_selector(lonely / "last.ckpt", [0.25, 0.5], 0.25, "nearest", run_dir=tmp_path)
+        fit_selector(load_run(lonely / "last.ckpt"), SelectorSettings(levels=[0.25, 0.5], label_mode="nearest"),
+                     run_dir=tmp_path)
     assert "\n" not in str(err.value)
     for levels in ([], [0.25, 0.0]):
         with pytest.raises(ConfigError, match="selector.levels"):
-            fit_selector(ckpt, levels, 0.25, "nearest", run_dir=tmp_path)
+            SelectorSettings(levels=levels, label_mode="nearest")
     with pytest.raises(ConfigError, match="selector.label_mode"):
-        fit_selector(ckpt, [0.25], 0.25, "rounded", run_dir=tmp_path)
+        SelectorSettings(levels=[0.25], label_mode="rounded")
 
 
 def test_configs_compose_into_selector_settings(compose):
@@ -371,8 +405,11 @@ def test_configs_compose_into_selector_settings(compose):
     cfg = compose("train", ["train=selector", "base_ckpt=x.ckpt", "selector.levels=[0.5,0.25]"])
     settings = SelectorSettings.from_dict(OmegaConf.to_container(cfg.selector, resolve=True))
     assert settings.levels == [0.25, 0.5] and cfg.base_ckpt == "x.ckpt" and cfg.trainer.max_epochs == settings.epochs
+    assert SelectorSettings.from_dict(OmegaConf.to_container(compose("train", ["train=selector"]).selector)) == \
+        SelectorSettings()  # conf/selector/default.yaml and the dataclass hold the same defaults
+    assert "train" not in cfg  # no fake train.method: train.py dispatches on the selector node
     with pytest.raises(ConfigError, match="selector.widht is not a selector setting"):
-        fit_selector_from_config("x.ckpt", {"widht": 3}, ".")
+        SelectorSettings.from_dict({"widht": 3})
     cfg = compose("certify", ["ckpt_path=x.ckpt", "sigma_search=selector", "sigma_search.ckpt_path=s.pt"])
     from hydra.utils import instantiate
 
@@ -382,8 +419,9 @@ def test_configs_compose_into_selector_settings(compose):
 
 @pytest.mark.slow
 def test_certify_script_with_selector(trained_digits, tmp_path):
-    """The real certify.py with sigma_search=selector on a train.py checkpoint (a fake sigma table beside it):
-    rows carry guarantee=sound, the selector's columns, sigma = a level, radius = min of the two radii."""
+    """The real ``train.py train=selector`` on a train.py checkpoint (a fake sigma table beside it), then the real
+    certify.py with sigma_search=selector: rows carry guarantee=sound, the selector's columns, sigma = a level,
+    radius = min of the two radii."""
     from conftest import run_script
     from insta_rs import analysis
     from insta_rs.checkpoints import read_checkpoint
@@ -393,13 +431,14 @@ def test_certify_script_with_selector(trained_digits, tmp_path):
     ckpt = base / "checkpoints" / "last.ckpt"
     shutil.copy(trained_digits / "checkpoints" / "last.ckpt", ckpt)
     config = read_checkpoint(ckpt)["insta_rs"]["config"]
-    from insta_rs.selector import build_data_source
-
-    split = build_data_source(config["dataset"]).split("train")
+    split = load_run(ckpt).source.split("train")
     torch.save({"idx": torch.arange(len(split)), "sigma": torch.full((len(split),), 0.25),
                 "label": torch.tensor(split.targets), "config": config}, base / "train_sigma.pt")
-    selector = fit_selector(ckpt, [0.12, 0.25, 0.5], 0.25, "best_radius", epochs=1, batch_size=128,
-                            run_dir=tmp_path / "sel", draws=4, width=4, hidden=8)
+    run_script("train.py", "train=selector", f"base_ckpt={ckpt}", "selector.levels=[0.12,0.25,0.5]",
+               "selector.epochs=1", "selector.draws=4", "selector.width=4", "selector.hidden=8", "logger=none",
+               f"hydra.run.dir={tmp_path / 'sel'}")  # the command line of README and the Makefile
+    selector = tmp_path / "sel" / "selector.pt"
+    assert load_selector(selector)[1]["base_sha256"] == file_digest(ckpt)
     out = tmp_path / "cert"
     run_script("certify.py", f"ckpt_path={ckpt}", "sigma_search=selector", f"sigma_search.ckpt_path={selector}",
                "certify=fast", "certify.max=3", "certify.progress=false", "logger=none", f"hydra.run.dir={out}")

@@ -1,6 +1,7 @@
 """A certified sigma selector (ALGORITHMS.md 3d, SOUND.md 3d): guarantee ``sound``.
 
-A trained selector network h_sel maps x to one of the levels sigma_1 < ... < sigma_K (``insta_rs.selector``).
+A trained selector network h_sel maps x to one of the levels sigma_1 < ... < sigma_K (trained by
+``insta_rs.selector_training``, stored by ``insta_rs.checkpoints.save_selector``).
 The instance-wise classifier being certified is
 
     G(x) = g_{s(x)}(x),   s(x) = g_sel(x) = argmax_k P[h_sel(x + sigma_sel e) = k],
@@ -24,19 +25,36 @@ TSV columns added: ``level`` (index of the chosen level among the selector's inc
 candidate level when the selector abstains), ``radius_selector``, ``radius_classifier``,
 ``pA_lower_selector`` and ``limited_by`` (selector | classifier). The ``sigma`` column is the chosen level,
 ``pA_lower`` the classifier's bound, ``search_draws`` / ``search_time`` the selector's draws and seconds.
+Radii use the sigma the noise was scaled by (float32), so a rounded sigma never enlarges a radius.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from pathlib import Path
 
 import torch
 
 from ..certificates import ABSTAIN, clopper_pearson_lower, cohen_radius, floor_to
-from ..checkpoints import file_digest
+from ..checkpoints import file_digest, load_selector
 from ..errors import CheckpointError, DataError, check
-from ..smoothing import Smooth, check_certify_settings
+from ..smoothing import Smooth, check_certify_settings, noise_sigma
 from .base import RowResult, SearchContext, SigmaMethod
+
+
+def check_levels(levels, setting: str = "selector.levels") -> tuple[float, ...]:
+    """The level set Sigma as a sorted tuple of distinct finite numbers > 0; ConfigError naming ``setting``
+    otherwise (empty, non-positive, repeated, or not numbers). Level k is always the k-th smallest."""
+    try:
+        values = [float(v) for v in levels] if not isinstance(levels, (str, bytes)) else []
+    except (TypeError, ValueError):
+        values = []
+    shown = list(levels) if hasattr(levels, "__iter__") and not isinstance(levels, (str, bytes)) else levels
+    check(len(values) >= 1 and all(math.isfinite(v) and v > 0 for v in values)
+          and len(set(values)) == len(values) and not any(isinstance(v, bool) for v in shown or []),
+          setting, shown, "a non-empty list of distinct noise levels > 0, e.g. [0.12, 0.25, 0.5, 1.0]")
+    return tuple(sorted(values))
 
 
 def _optional_count(value, setting: str) -> int | None:
@@ -71,31 +89,32 @@ class SelectorSigma(SigmaMethod):
     def prepare(self, context: SearchContext) -> None:
         """Load the selector (weights only) on context.device; refuse it unless it was trained for the
         classifier being certified (its recorded SHA-256 equals that of context.ckpt_path)."""
-        from ..selector import load_selector
-
         model, record = load_selector(self.ckpt_path, context.device)
         if context.ckpt_path is None:
-            raise CheckpointError("sigma_search=selector needs the classifier's checkpoint path to check that the "
-                                  "selector belongs to it: give ckpt_path=PATH")
+            raise CheckpointError("the selector method needs the classifier's checkpoint path "
+                                  "(SearchContext.ckpt_path) to check that the selector belongs to it")
         digest = file_digest(context.ckpt_path)
         if digest != record.get("base_sha256"):
-            raise CheckpointError(f"sigma_search.ckpt_path={self.ckpt_path!r} was trained for the classifier "
+            raise CheckpointError(f"the selector {self.ckpt_path!r} was trained for the classifier "
                                   f"{record.get('base_ckpt')!r} (sha256 {str(record.get('base_sha256'))[:12]}...), not "
-                                  f"ckpt_path={str(context.ckpt_path)!r} (sha256 {digest[:12]}...): train a selector "
+                                  f"for {str(context.ckpt_path)!r} (sha256 {digest[:12]}...): train a selector "
                                   "for this checkpoint with train=selector base_ckpt=PATH")
         info = getattr(context.source, "info", None)
         shape = tuple(record["dataset_info"]["input_shape"])
         if info is not None and tuple(info.input_shape) != shape:
-            raise DataError(f"the selector takes inputs of shape {shape} but dataset={info.name!r} has "
+            raise DataError(f"the selector takes inputs of shape {shape} but the data set {info.name!r} has "
                             f"{tuple(info.input_shape)}: certify on the data set the classifier was trained on")
         self.set_selector(model, record["levels"], record["sigma"])
         self.record = record
 
+    def resume_identity(self) -> dict:
+        """What a resumed certification must share with the interrupted one besides the settings: the
+        selector file's SHA-256, so a selector retrained at the same path cannot be mixed into a resumed run."""
+        return {"selector_sha256": file_digest(Path(self.ckpt_path).expanduser())}
+
     def set_selector(self, model: torch.nn.Module, levels, sigma: float) -> None:
         """Use this selector network (one output per level, levels in increasing order) smoothed at sigma.
         ``prepare`` calls it with the checkpoint's network; tests and notebooks may call it directly."""
-        from ..selector import check_levels
-
         self.levels = check_levels(levels, "selector.levels")
         check(list(self.levels) == [float(v) for v in levels], "selector.levels", list(levels),
               "levels in increasing order (the selector's output k is the k-th smallest level)")
@@ -123,7 +142,7 @@ class SelectorSigma(SigmaMethod):
         candidate = int(selector.sample_counts(x, self.sigma, sel_n0, generator).argmax())
         count = int(selector.sample_counts(x, self.sigma, sel_n, generator)[candidate])
         p_sel = clopper_pearson_lower(count, sel_n, half)
-        r_sel = cohen_radius(self.sigma, p_sel)
+        r_sel = cohen_radius(noise_sigma(self.sigma), p_sel)  # the float32 sigma the noise was scaled by
         level = self.levels[candidate]
         search_time = time.perf_counter() - start
         extra = {"level": candidate, "radius_selector": floor_to(r_sel), "pA_lower_selector": floor_to(p_sel)}

@@ -1,0 +1,208 @@
+"""Training the sigma selector h_sel for a base run of Insta-RS Train (ALGORITHMS.md 3d, SOUND.md 3d).
+
+The selector maps an input x (pixel units, [0, 1]) to one of K noise levels Sigma = {sigma_1 < ... <
+sigma_K}: its class k is the k-th smallest level. At certification time it is smoothed with one fixed
+noise level sigma_sel and certified with Cohen's CERTIFY (``insta_rs.search.selector.SelectorSigma``);
+it only has to be stable, not right: a poor but confident choice costs radius, never soundness.
+
+Training: targets from the base run's sigma table (``insta_rs.selector_labels``), cross-entropy on inputs
+noised at sigma_sel (like Gaussian data augmentation for a base classifier), so that the smoothed
+selector is confident and its radius large. The result is a selector file
+(``insta_rs.checkpoints.save_selector``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .checkpoints import SELECTOR_FILE, SELECTOR_FORMAT, TrainedRun, build_selector_network, save_selector
+from .errors import check, settings_from_config
+from .search.selector import check_levels
+from .selector_labels import (
+    LABEL_MODES,
+    SIGMA_TABLE_FILE,
+    TableExamples,
+    check_table_fits,
+    label_counts,
+    read_sigma_table,
+    selector_targets,
+)
+
+
+def _check_positive(value, setting: str, integer: bool = False) -> None:
+    if integer:
+        check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, setting, value, "an integer >= 1")
+    else:
+        check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0,
+              setting, value, "a finite number > 0")
+
+
+@dataclass
+class SelectorSettings:
+    """The ``selector`` config group (every default lives here; checked when built).
+
+    levels: the noise levels it chooses between (pixel units), kept sorted: class k = k-th smallest.
+    sigma: sigma_sel, the selector's own smoothing noise (training augmentation and certification).
+    label_mode: ``best_radius`` (each level's estimated radius by the base model) or ``nearest`` (the
+        table's sigma_i rounded in log space); see ``insta_rs.selector_labels``.
+    draws, soft_labels, temperature, eps: ``best_radius`` only: draws per (example, level); softmax
+        targets softmax(Rhat / temperature) or one-hot argmax; the phat clamp (None: 1 / (2 * draws)).
+    epochs, lr, batch_size, momentum, weight_decay: SGD with a cosine schedule.
+    width, hidden: the selector network's SmallCNN channels and hidden units.
+    """
+
+    levels: list[float] = field(default_factory=lambda: [0.12, 0.25, 0.5, 1.0])
+    sigma: float = 0.25
+    label_mode: str = "best_radius"
+    draws: int = 32
+    soft_labels: bool = True
+    temperature: float = 0.1
+    eps: float | None = None
+    epochs: int = 10
+    lr: float = 0.05
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    width: int = 16
+    hidden: int = 64
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SelectorSettings":
+        """Build from the ``selector`` config; an unknown key is a ConfigError naming it."""
+        return settings_from_config(cls, values, "selector", "a selector setting")
+
+    def validate(self) -> None:
+        """ConfigError naming the first invalid setting (``selector.<name>=<value> is invalid: ...``)."""
+        self.levels = list(check_levels(self.levels))
+        _check_positive(self.sigma, "selector.sigma")
+        check(self.label_mode in LABEL_MODES, "selector.label_mode", self.label_mode, " or ".join(LABEL_MODES))
+        _check_positive(self.draws, "selector.draws", integer=True)
+        check(isinstance(self.soft_labels, bool), "selector.soft_labels", self.soft_labels, "true or false")
+        _check_positive(self.temperature, "selector.temperature")
+        check(self.eps is None or (isinstance(self.eps, float) and 0 < self.eps < 0.5), "selector.eps", self.eps,
+              "null (1 / (2 * draws)) or a number in (0, 0.5)")
+        for name in ("epochs", "batch_size", "width", "hidden"):
+            _check_positive(getattr(self, name), f"selector.{name}", integer=True)
+        _check_positive(self.lr, "selector.lr")
+        check(isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1, "selector.momentum", self.momentum,
+              "a number in [0, 1)")
+        check(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0, "selector.weight_decay",
+              self.weight_decay, "a number >= 0")
+
+
+class SelectorClassifier(pl.LightningModule):
+    """Trains h_sel with cross-entropy on inputs noised at sigma_sel: loss = CE(h_sel(x + sigma_sel e), t),
+    with t a level index (``nearest``) or a probability row over levels (``best_radius``). SGD with momentum
+    and a cosine schedule over ``epochs``. Logs ``train/loss`` and ``train/acc`` (argmax agreement with the
+    target's argmax). ``meta`` (the selector file's record) goes into Lightning checkpoints under
+    ``insta_rs_selector``."""
+
+    def __init__(self, model: nn.Module, sigma: float, lr: float = 0.05, momentum: float = 0.9,
+                 weight_decay: float = 5e-4, epochs: int = 10, meta: dict | None = None):
+        super().__init__()
+        self.model, self.sigma = model, float(sigma)
+        self.lr, self.momentum, self.weight_decay, self.epochs = lr, momentum, weight_decay, epochs
+        self.meta = meta or {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, target, _ = batch
+        logits = self.model(x + self.sigma * torch.randn_like(x))
+        loss = F.cross_entropy(logits, target)
+        wanted = target if target.dim() == 1 else target.argmax(dim=1)
+        acc = (logits.argmax(dim=1) == wanted).float().mean()
+        self.log_dict({"train/loss": loss, "train/acc": acc}, on_step=False, on_epoch=True, prog_bar=True,
+                      sync_dist=True, batch_size=x.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum,
+                                    weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["insta_rs_selector"] = self.meta
+
+
+def base_targets(base: TrainedRun, settings: SelectorSettings, seed: int, device=None):
+    """(train split, sigma table, targets): the base run's train split, its sigma table (checked against
+    the split) and the selector's targets for it; ``best_radius`` runs the base classifier on ``device``
+    (default CPU, put back there afterwards) with draws seeded by ``seed``."""
+    table = read_sigma_table(base.run_dir)
+    split = base.source.split("train")
+    check_table_fits(table, split, base.run_dir / SIGMA_TABLE_FILE)
+    generator = torch.Generator(device=device or "cpu").manual_seed(int(seed))
+    model = base.model.to(device or "cpu")
+    try:
+        targets = selector_targets(settings, table, split, model, base.num_classes, generator, device)
+    finally:
+        base.model.to("cpu")
+    return split, table, targets
+
+
+def selector_record(base: TrainedRun, settings: SelectorSettings, seed: int, targets: torch.Tensor) -> dict:
+    """The selector file's record: what certification needs (format, levels, sigma_sel, the data set's
+    description, the network, the classifier it belongs to) and how it was trained."""
+    return {
+        "format": SELECTOR_FORMAT,
+        "levels": list(settings.levels),
+        "sigma": float(settings.sigma),
+        "label_mode": settings.label_mode,
+        "settings": dataclasses.asdict(settings),
+        "seed": int(seed),
+        "base_ckpt": str(base.path.resolve()),
+        "base_sha256": base.sha256,
+        "dataset_info": dataclasses.asdict(base.source.info),
+        "network": {"name": "small_cnn", "width": int(settings.width), "hidden": int(settings.hidden)},
+        "label_counts": label_counts(targets, len(settings.levels)),
+    }
+
+
+def fit_selector(base: TrainedRun, settings: SelectorSettings, run_dir: str | Path = ".",
+                 trainer_kwargs: dict | None = None, seed: int = 0, device=None) -> Path:
+    """Train a sigma selector for the base classifier of ``base`` and save it; returns the file's path.
+
+    Reads ``train_sigma.pt`` in the base run's directory, computes the targets (``base_targets``), and fits
+    ``SelectorClassifier`` with a ``pytorch_lightning.Trainer(max_epochs=settings.epochs, **trainer_kwargs)``
+    (defaults: CPU, no logger, no checkpointing, no progress bar; ``trainer_kwargs`` overrides them, e.g.
+    with loggers and an accelerator). ``seed`` seeds the label draws; the network's initial weights and the
+    batch order come from the global RNGs, so seed them before ``load_run`` for a reproducible selector
+    (train.py calls ``pl.seed_everything(seed)`` first). Writes ``run_dir/selector.pt`` (rank 0; see
+    ``insta_rs.checkpoints.save_selector``).
+    """
+    split, table, targets = base_targets(base, settings, seed, device)
+    info = base.source.info
+    network = build_selector_network(len(settings.levels), info.input_shape, info.mean, info.std, settings.width,
+                                     settings.hidden)
+    record = selector_record(base, settings, seed, targets)
+    module = SelectorClassifier(network, settings.sigma, lr=settings.lr, momentum=settings.momentum,
+                                weight_decay=settings.weight_decay, epochs=settings.epochs, meta=record)
+    examples = TableExamples(split, table["idx"].reshape(-1), targets)
+    loader = DataLoader(examples, batch_size=settings.batch_size, shuffle=True, drop_last=False)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
+              "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(run_dir)}
+    kwargs.update(trainer_kwargs or {})
+    kwargs["max_epochs"] = settings.epochs
+    trainer = pl.Trainer(**kwargs)
+    trainer.fit(module, train_dataloaders=loader)
+    path = run_dir / SELECTOR_FILE
+    if trainer.is_global_zero:
+        save_selector(path, module.model, record)
+    return path
