@@ -49,4 +49,4 @@ if __name__ == "__main__":
     cli.register_configs()
     cli.check_group_choices(sys.argv[1:], CONF_DIR)
     sys.argv = cli.pinned_sweep_dir(sys.argv)
-    main()
+    cli.run_hydra(main)

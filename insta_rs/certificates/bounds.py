@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from scipy.stats import beta, binomtest, norm
 
 from ..errors import check
@@ -30,17 +32,27 @@ def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
     Equals the alpha-quantile of Beta(k, n - k + 1); 0 when k = 0 (ALGORITHMS.md 1, step 3).
     """
     _check_counts(successes, trials)
-    if successes == 0:
-        return 0.0
-    return float(beta.ppf(alpha, successes, trials - successes + 1))
+    return float(cp_lower(successes, trials, alpha))
 
 
 def clopper_pearson_upper(successes: int, trials: int, alpha: float) -> float:
     """One-sided (1 - alpha) Clopper-Pearson upper bound: the (1 - alpha)-quantile of Beta(k + 1, n - k); 1 when k = n."""
     _check_counts(successes, trials)
-    if successes == trials:
-        return 1.0
-    return float(beta.ppf(1.0 - alpha, successes + 1, trials - successes))
+    return float(cp_upper(successes, trials, alpha))
+
+def cp_lower(successes, trials: int, alpha: float) -> np.ndarray:
+    """Vectorised one-sided (1 - alpha) Clopper-Pearson lower bound: Beta(alpha; k, n - k + 1), 0 at k = 0."""
+    k = np.asarray(successes, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = beta.ppf(alpha, np.maximum(k, 1.0), trials - k + 1.0)
+    return np.where(k > 0, out, 0.0)
+
+def cp_upper(successes, trials: int, alpha: float) -> np.ndarray:
+    """Vectorised one-sided (1 - alpha) Clopper-Pearson upper bound: Beta(1 - alpha; k + 1, n - k), 1 at k = n."""
+    k = np.asarray(successes, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = beta.ppf(1.0 - alpha, k + 1.0, np.maximum(trials - k, 1.0))
+    return np.where(k < trials, out, 1.0)
 
 
 def cohen_radius(sigma: float, p_lower: float) -> float:

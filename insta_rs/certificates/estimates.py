@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
-from .finite_set import cp_lower
+from .bounds import cp_lower
 
 
 def estimated_radius(sigma, successes, trials: int, eps: float | None = None) -> np.ndarray:

@@ -39,11 +39,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta, norm
+from scipy.stats import norm
 
 from ..errors import check
+from .bounds import ABSTAIN, cp_lower, cp_upper
 from .sequential import anytime_lower
-from .bounds import ABSTAIN
 
 
 @dataclass(frozen=True)
@@ -78,20 +78,6 @@ def statement_alpha(alpha: float, num_levels: int, num_classes: int) -> float:
     return alpha / (num_levels * (num_classes + 1))
 
 
-def cp_lower(successes, trials: int, alpha: float) -> np.ndarray:
-    """Vectorised one-sided (1 - alpha) Clopper-Pearson lower bound: Beta(alpha; k, n - k + 1), 0 at k = 0."""
-    k = np.asarray(successes, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = beta.ppf(alpha, np.maximum(k, 1.0), trials - k + 1.0)
-    return np.where(k > 0, out, 0.0)
-
-
-def cp_upper(successes, trials: int, alpha: float) -> np.ndarray:
-    """Vectorised one-sided (1 - alpha) Clopper-Pearson upper bound: Beta(1 - alpha; k + 1, n - k), 1 at k = n."""
-    k = np.asarray(successes, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = beta.ppf(1.0 - alpha, k + 1.0, np.maximum(trials - k, 1.0))
-    return np.where(k < trials, out, 1.0)
 
 
 def level_bounds(candidates, counts, n: int, alpha: float, anytime: bool = False) -> tuple[np.ndarray, np.ndarray]:

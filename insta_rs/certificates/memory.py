@@ -25,9 +25,6 @@ import numpy as np
 
 from .bounds import ABSTAIN, floor_to
 
-GUARANTEE = "memory"
-"""The guarantee label of rows written by the memory pass."""
-
 _BLOCK = 256
 
 

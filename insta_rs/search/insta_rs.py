@@ -48,9 +48,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import norm
 
-from ..certificates.finite_set import cp_lower
+from ..certificates.estimates import estimated_certified_radius
 from ..errors import check
 from ..smoothing import Smooth
 from .base import RowResult, SigmaMethod
@@ -123,11 +122,9 @@ class InstaRSSearch(SigmaMethod):
     # -- the objective ---------------------------------------------------------------------------------
 
     def objective(self, sigmas: np.ndarray, top_counts: np.ndarray) -> np.ndarray:
-        """Rhat = sigma * PhiInv(CP lower of nA/m at alpha_s), -inf where that lower bound is < 1/2."""
-        lower = cp_lower(top_counts, self.m, self.alpha_s)
-        with np.errstate(divide="ignore"):
-            values = sigmas * norm.ppf(lower)
-        return np.where(lower >= 0.5, values, -np.inf)
+        """Rhat = sigma * PhiInv(CP lower of nA/m at alpha_s), -inf where that lower bound is < 1/2. A search
+        heuristic, not a certificate (the certificate is CERTIFY's, with fresh draws and the float32 sigma)."""
+        return estimated_certified_radius(sigmas, top_counts, self.m, self.alpha_s)
 
     # -- the search ------------------------------------------------------------------------------------
 
