@@ -211,7 +211,7 @@ def summarize(df: pd.DataFrame, radii: Sequence[float]) -> dict:
     """One run's numbers (ALGORITHMS.md section 5), as plain JSON-ready Python values:
     rows; acr; certified_accuracy {r: fraction}; clean_accuracy (fraction with correct = 1, i.e. the
     certified accuracy at r = 0 with abstentions wrong); abstain_rate (fraction with predict = -1);
-    seconds_per_input (mean of time + search_time over rows with a time); sigma_quantiles
+    seconds_per_input (mean of time over rows with a time; time includes the search); sigma_quantiles
     ({q05, q25, q50, q75, q95} over rows with a finite sigma, else None); guarantee (the rows' label,
     or "mixed" when they carry several: prefer ``summarize_by_guarantee``).
     With no rows every fraction is None."""
@@ -224,9 +224,7 @@ def summarize(df: pd.DataFrame, radii: Sequence[float]) -> dict:
     radius = df["radius"].to_numpy(dtype=float)
     correct = df["correct"].to_numpy()
     seconds = df["time"].to_numpy(dtype=float) if "time" in df.columns else np.full(n, math.nan)
-    if "search_time" in df.columns:
-        seconds = seconds + np.nan_to_num(df["search_time"].to_numpy(dtype=float), nan=0.0)
-    seconds = seconds[np.isfinite(seconds)]
+    seconds = seconds[np.isfinite(seconds)]  # `time` is every second of the input, search included
     sigma = df["sigma"].to_numpy(dtype=float) if "sigma" in df.columns else np.array([])
     sigma = sigma[np.isfinite(sigma)]
     return {

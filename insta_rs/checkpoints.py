@@ -23,6 +23,10 @@ def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict, or CheckpointError naming what is wrong: missing, truncated or not a
     checkpoint, or not written by insta-rs (no ``insta_rs`` entry)."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoints" / "last.ckpt"
+        hint = f"ckpt_path={str(inside)!r}" if inside.is_file() else "<run dir>/checkpoints/last.ckpt"
+        raise CheckpointError(f"ckpt_path={str(path)!r} is a folder, not a checkpoint file: use {hint}")
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={str(path)!r} does not exist: give the path of a checkpoint written by "
                               f"train.py (<run dir>/checkpoints/last.ckpt)")

@@ -176,6 +176,9 @@ def certify_sharded(certifier, dataset, selected: Sequence[int], tsv_path: str |
     columns = certifier.columns
     done = done_indices(tsv_path, settings, columns)
     todo = todo_indices(selected, done)
+    resumed = len(done & {int(i) for i in selected})
+    if resumed and trainer.is_global_zero:
+        print(f"resuming after {resumed} of {len(set(selected))} rows in {tsv_path.parent}", flush=True)
     writer.tsv_path, writer.settings, writer.columns = tsv_path, settings, tuple(columns)
     if progress:
         writer.progress = _progress(tsv_path, columns, selected, done, todo)

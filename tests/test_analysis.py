@@ -47,11 +47,11 @@ OURS_ROWS = (
     "0\t1\t1\t0.8\t1\t1.0\t0.5\t0.9\tsound\t0.0\t0\ta\n"
     "1\t2\t2\t0.4\t1\t1.5\t0.5\t0.8\tsound\t0.0\t0\tb\n"
     "2\t3\t-1\t0.0\t0\t2.0\t0.5\tnan\tsound\t0.0\t0\tc\n"
-    "3\t4\t4\t1.0\t1\t1.0\t0.25\t0.99\tinstance\t0.5\t64\td\n"
-    "4\t5\t5\t3.0\t1\t1.0\t0.5\t0.99\tinstance\t0.5\t64\te\n"
-    "5\t6\t1\t0.7\t0\t1.0\t1.0\t0.9\tinstance\t0.5\t64\tf\n"
-    "6\t7\t-1\t0.0\t0\t1.0\t2.0\tnan\tinstance\t1.0\t64\tg\n"
-    "7\t8\t8\t0.2\t1\t1.0\t4.0\t0.6\tinstance\t1.5\t64\th\n"
+    "3\t4\t4\t1.0\t1\t1.5\t0.25\t0.99\tinstance\t0.5\t64\td\n"
+    "4\t5\t5\t3.0\t1\t1.5\t0.5\t0.99\tinstance\t0.5\t64\te\n"
+    "5\t6\t1\t0.7\t0\t1.5\t1.0\t0.9\tinstance\t0.5\t64\tf\n"
+    "6\t7\t-1\t0.0\t0\t2.0\t2.0\tnan\tinstance\t1.0\t64\tg\n"
+    "7\t8\t8\t0.2\t1\t2.5\t4.0\t0.6\tinstance\t1.5\t64\th\n"
 )
 
 
@@ -219,7 +219,7 @@ def test_two_guarantee_labels_give_separate_summaries(tmp_path):
     assert sound["seconds_per_input"] == pytest.approx(4.5 / 3, rel=1e-14)
     assert sound["sigma_quantiles"] == {"q05": 0.5, "q25": 0.5, "q50": 0.5, "q75": 0.5, "q95": 0.5}
 
-    inst = by["instance"]  # rows 3-7: correct radii 1.0, 3.0, 0.2; wrong 0.7; one abstention
+    inst = by["instance"]  # rows 3-7 (time includes search_time): correct radii 1.0, 3.0, 0.2; wrong 0.7; one abstention
     assert inst["rows"] == 5 and inst["guarantee"] == "instance"
     assert inst["certified_accuracy"] == {0.0: 3 / 5, 0.5: 2 / 5, 1.0: 2 / 5}
     assert inst["acr"] == pytest.approx((1.0 + 3.0 + 0.2) / 5, rel=1e-14)
@@ -374,7 +374,7 @@ def test_reads_what_the_certification_log_writes(tmp_path):
     path = tmp_path / "run" / "certify.tsv"
     path.parent.mkdir()
     rows = [
-        {"idx": 0, "label": 1, "predict": 1, "radius": 0.75, "correct": 1, "time": 0.5, "sigma": 0.5,
+        {"idx": 0, "label": 1, "predict": 1, "radius": 0.75, "correct": 1, "time": 0.75, "sigma": 0.5,
          "pA_lower": 0.9, "guarantee": "instance", "search_time": 0.25, "search_draws": 96},
         {"idx": 5, "label": 2, "predict": -1, "radius": 0.0, "correct": 0, "time": 0.5, "sigma": float("nan"),
          "pA_lower": 1e-7, "guarantee": "sound", "search_time": 0.0, "search_draws": 0},

@@ -27,7 +27,10 @@ from insta_rs import analysis
 from insta_rs.compare import (collect_runs, compare, differing_keys, is_incidental, is_seed, main, path_labels,
                               setting_labels)
 from insta_rs.cli import SWEEP_SUFFIX_ENV, SweepGroupCallback, sweep_suffix
+from insta_rs.losses import GaussianAugmentation
 from insta_rs.training import TrainSettings
+
+LOSS_CLASSES = {"gaussian": "GaussianAugmentation", "consistency": "ConsistencyLoss", "macer": "MacerLoss"}
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsigma\tpA_lower\tguarantee\tsearch_time\tsearch_draws\n"
 
@@ -129,11 +132,11 @@ def test_three_runs_are_labelled_by_the_setting_that_differs(three_sigmas, tmp_p
 def test_numbers_by_hand(tmp_path):
     # 4 rows: correct with radii 0.3 and 1.1, one wrong (radius 0.9), one abstention.
     # ACR = (0.3 + 1.1) / 4 = 0.35; acc@0 = 2/4, acc@0.25 = 2/4, acc@0.5 = 1/4, acc@1 = 1/4, acc@1.25 = 0;
-    # abstain 1/4; seconds per input = mean(time + search_time) = mean(1.5, 2.5, 3.5, 4.5) = 3.0.
-    rows = HEADER + ("0\t1\t1\t0.3\t1\t1.0\t0.5\t0.9\tsound\t0.5\t1\n"
-                     "1\t2\t2\t1.1\t1\t2.0\t0.5\t0.9\tsound\t0.5\t1\n"
-                     "2\t3\t4\t0.9\t0\t3.0\t0.5\t0.9\tsound\t0.5\t1\n"
-                     "3\t5\t-1\t0.0\t0\t4.0\t0.5\t0.9\tsound\t0.5\t1\n")
+    # abstain 1/4; seconds per input = mean(time) = mean(1.5, 2.5, 3.5, 4.5) = 3.0 (time includes the search).
+    rows = HEADER + ("0\t1\t1\t0.3\t1\t1.5\t0.5\t0.9\tsound\t0.5\t1\n"
+                     "1\t2\t2\t1.1\t1\t2.5\t0.5\t0.9\tsound\t0.5\t1\n"
+                     "2\t3\t4\t0.9\t0\t3.5\t0.5\t0.9\tsound\t0.5\t1\n"
+                     "3\t5\t-1\t0.0\t0\t4.5\t0.5\t0.9\tsound\t0.5\t1\n")
     path = tmp_path / "hand.tsv"
     path.write_text(rows)
     result = compare([path], radii=(0, 0.25, 0.5, 1.0, 1.25))
@@ -390,17 +393,17 @@ def test_paper_experiments_compose_and_instantiate(compose, fixture_roots, name,
                       mean=tuple(info.mean), std=tuple(info.std))
     x, y, _ = source.split("test")[0]
     assert net(x.unsqueeze(0)).shape == (1, info.num_classes)
-    settings = TrainSettings.from_dict(OmegaConf.to_container(cfg.train, resolve=True))
+    settings = instantiate(cfg.train, _convert_="all")
     # Cohen et al.'s schedule: 90 epochs, lr 0.1 divided by 10 every 30, batch 400, weight decay 1e-4
     assert (settings.epochs, settings.lr, settings.lr_schedule, settings.lr_step_size, settings.lr_gamma) == \
         (90, 0.1, "step", 30, 0.1)
     assert (settings.batch_size, settings.weight_decay, settings.momentum) == (400, 1e-4, 0.9)
-    assert settings.loss == {"name": "gaussian"} and settings.method == "gaussian"
+    assert type(settings) is TrainSettings and type(settings.loss) is GaussianAugmentation
     assert sweeper_params("train", [f"experiment={name}"]) == {"train.sigma": "0.25,0.5,1.0"}
     # the baselines are one override away, and keep the protocol's schedule
     for loss in ("consistency", "macer"):
         cfg = compose("train", [f"experiment={name}", f"train/loss={loss}"])
-        assert cfg.train.loss.name == loss and cfg.train.epochs == 90
+        assert cfg.train.loss._target_ == f"insta_rs.losses.{LOSS_CLASSES[loss]}" and cfg.train.epochs == 90
     # certification: every skip-th test input, n = 100,000, alpha = 0.001, at the trained sigma
     cert = compose("certify", [f"experiment={name}_certify", "ckpt_path=x.ckpt"])
     assert (cert.certify.n0, cert.certify.n, cert.certify.alpha, cert.certify.skip) == (100, 100_000, 0.001, skip)
@@ -416,7 +419,7 @@ def test_digits_baselines_sweeps_the_training_methods(compose):
     assert sweeper_params("train", ["experiment=digits_baselines"]) == {"train": "gaussian,consistency,macer,insta_rs"}
     for train in ("gaussian", "consistency", "macer"):
         cfg = compose("train", ["experiment=digits_baselines", f"train={train}"])
-        assert cfg.train.loss.name == train and cfg.train.lr == 0.05
+        assert cfg.train.loss._target_ == f"insta_rs.losses.{LOSS_CLASSES[train]}" and cfg.train.lr == 0.05
         info = instantiate(cfg.dataset).info
         assert info.num_classes == 10
 
@@ -428,4 +431,4 @@ def test_every_experiment_composes_with_its_entry_point(compose, experiment):
         assert cfg.certify.n >= 1
     else:
         cfg = compose("train", [f"experiment={experiment}"])
-        TrainSettings.from_dict(OmegaConf.to_container(cfg.train, resolve=True))
+        assert isinstance(instantiate(cfg.train, _convert_="all"), TrainSettings)
