@@ -9,6 +9,7 @@ Writes checkpoints/{last,best}.ckpt, config.yaml (resolved), csv/metrics.csv and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from insta_rs.cli import check_group_choices, pinned_sweep_dir, share_sweep_dir_with_ranks, user_errors
+from insta_rs.cli import (check_group_choices, pinned_sweep_dir, register_configs, run_hydra, share_sweep_dir_with_ranks,
+                          user_errors)
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -35,120 +37,62 @@ def run_directory() -> Path:
     return run_dir
 
 
-def keep_csv_metrics(loggers) -> None:
-    """Lightning's CSV logger starts metrics.csv afresh on a resumed run; keep the interrupted run's file as
-    csv/metrics.before_resume_<k>.csv (k = 1, 2, ...) so no epoch's metrics are lost."""
-    if os.environ.get("LOCAL_RANK", "0") != "0":
-        return
-    for logger in loggers:
-        if type(logger).__name__ != "CSVLogger":
-            continue
-        metrics = Path(logger.log_dir) / "metrics.csv"
-        if metrics.is_file():
-            k = 1
-            while (metrics.parent / f"metrics.before_resume_{k}.csv").exists():
-                k += 1
-            metrics.rename(metrics.parent / f"metrics.before_resume_{k}.csv")
-
-
-RESUME_MUST_MATCH = ("dataset", "model", "train")
-RESUME_MAY_DIFFER = ("train.epochs",)
-
-
-def check_resumable(ckpt_path: str, config: dict, num_classes: int) -> None:
-    """Refuse, in one line naming the first difference, a checkpoint made with another data set, model,
-    training method or class count (train.epochs may grow: that is how a run is extended)."""
-    from insta_rs.checkpoints import read_checkpoint
-    from insta_rs.errors import CheckpointError
-    from insta_rs.tracking import first_difference
-
-    checkpoint = read_checkpoint(ckpt_path)
-    stored = checkpoint["insta_rs"]
-    if int(stored["num_classes"]) != num_classes:
-        raise CheckpointError(f"ckpt_path={ckpt_path}: the checkpoint's model predicts {stored['num_classes']} classes, "
-                              f"this run's data set has {num_classes}: resume with the data set it was trained on")
-    old = {k: stored["config"].get(k) for k in RESUME_MUST_MATCH}
-    new = {k: config.get(k) for k in RESUME_MUST_MATCH}
-    for key in RESUME_MAY_DIFFER:
-        group, name = key.split(".")
-        old[group] = {k: v for k, v in (old[group] or {}).items() if k != name}
-        new[group] = {k: v for k, v in (new[group] or {}).items() if k != name}
-    if old != new:
-        key = first_difference(old, new)
-        lookup = lambda d: _dotted(d, key)  # noqa: E731
-        raise CheckpointError(f"ckpt_path={ckpt_path}: the checkpoint was trained with {key}={lookup(old)!r}, this "
-                              f"run has {key}={lookup(new)!r}; resume with the same settings or start a new run")
-
-
-def _dotted(tree, key: str):
-    for part in key.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
-
-
 def train(cfg: DictConfig) -> float | None:
+    """Build the settings (the train group's _target_, with its loss), the data, the model, the module, the
+    loggers, callbacks and trainer from the config, and fit (``insta_rs.training.fit``)."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
     from insta_rs.data import SmoothingDataModule
-    from insta_rs.tracking import write_text_atomic
-    from insta_rs.training import SmoothingClassifier, TrainSettings
+    from insta_rs.training import SmoothingClassifier, fit
 
     run_dir = run_directory()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.train.get("method") == "selector":
+    if cfg.get("selector") is not None:  # train=selector: fit a sigma selector for base_ckpt
         return train_selector(cfg, run_dir)
-    settings = TrainSettings.from_dict(OmegaConf.to_container(cfg.train, resolve=True))
+    settings = instantiate(cfg.train, _convert_="all")
     source = instantiate(cfg.dataset)
     info = source.info
-    datamodule = SmoothingDataModule(source, batch_size=settings.batch_size, num_workers=cfg.num_workers)
     model = instantiate(cfg.model, num_classes=info.num_classes, input_shape=tuple(info.input_shape),
                         mean=tuple(info.mean), std=tuple(info.std))
     config = OmegaConf.to_container(cfg, resolve=True)
-    ckpt_path = cfg.ckpt_path
-    if ckpt_path == "last":
-        ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
-    if ckpt_path is not None:  # before anything is written: a refused resume leaves the run directory as it was
-        check_resumable(ckpt_path, config, info.num_classes)
-    num_train = len(source.split("train")) if settings.method == "insta_rs" else None
-    module = SmoothingClassifier(model, info.num_classes, settings, config=config,
-                                 dataset_info=dataclasses.asdict(info), num_train=num_train, run_dir=run_dir)
+    module = SmoothingClassifier(model, info.num_classes, settings, config=config, dataset_info=dataclasses.asdict(info),
+                                 num_train=len(source.split("train")), run_dir=run_dir, seed=cfg.seed)
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
-    if ckpt_path is not None:
-        keep_csv_metrics(loggers)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
-    if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor without a logger to write to
-        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir))
-    if trainer.is_global_zero:
-        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config))
-    for logger in loggers:
-        logger.log_hyperparams(config)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    metric = trainer.callback_metrics.get("val/acc_noisy")
-    return None if metric is None else float(metric)
+    make_trainer = functools.partial(instantiate, cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                     default_root_dir=str(run_dir))
+    datamodule = SmoothingDataModule(source, batch_size=settings.batch_size, num_workers=cfg.num_workers)
+    return fit(module, datamodule, cfg.ckpt_path, OmegaConf.to_yaml(config), make_trainer)
 
 
 def train_selector(cfg: DictConfig, run_dir: Path) -> None:
     """``train=selector base_ckpt=PATH``: fit the certified sigma selector (ALGORITHMS.md 3d) on the base
     run's train_sigma.pt; writes selector.pt. No checkpoint callbacks: the selector has no validation loop."""
+    import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from insta_rs.errors import ConfigError
-    from insta_rs.selector import fit_selector_from_config
-    from insta_rs.tracking import write_text_atomic
+    from insta_rs.checkpoints import load_run
+    from insta_rs.errors import CheckpointError, ConfigError
+    from insta_rs.selector_training import SelectorSettings, fit_selector
+    from insta_rs.certification_file import write_atomic as write_text_atomic
 
     if not cfg.get("base_ckpt"):
         raise ConfigError("base_ckpt=null: name the checkpoint of a train=insta_rs run, e.g. "
                           "base_ckpt=outputs/train/<date>/<time>/checkpoints/last.ckpt")
     config = OmegaConf.to_container(cfg, resolve=True)
+    settings = SelectorSettings.from_dict(config["selector"])
+    base_ckpt = Path(str(cfg.base_ckpt)).expanduser()
+    if not base_ckpt.is_file():
+        raise CheckpointError(f"base_ckpt={str(base_ckpt)!r} does not exist: give the base run's checkpoint "
+                              "(<run dir>/checkpoints/last.ckpt of a train=insta_rs run)")
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config))
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
     trainer_kwargs = {k: v for k, v in config["trainer"].items() if k != "_target_"}
     trainer_kwargs.update(logger=loggers or False, default_root_dir=str(run_dir))
     device = "cuda" if str(trainer_kwargs.get("accelerator")) in ("gpu", "cuda") else "cpu"
-    path = fit_selector_from_config(cfg.base_ckpt, config["selector"], run_dir, trainer_kwargs, seed=cfg.seed,
-                                    device=device)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the selector's initial weights follow the seed
+    path = fit_selector(load_run(base_ckpt), settings, run_dir, trainer_kwargs, seed=cfg.seed, device=device)
     print(f"wrote {path}")
     return None
 
@@ -160,6 +104,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    register_configs()
     check_group_choices(sys.argv[1:], CONF_DIR)
     sys.argv = pinned_sweep_dir(sys.argv)
-    main()
+    run_hydra(main)

@@ -113,6 +113,20 @@ def read_certification(path: str | Path) -> pd.DataFrame:
     and is ignored; any other malformed row raises DataError (one line naming file, line and column).
     """
     path = Path(path)
+    lines, complete_last = _certification_lines(path)
+    header = _certification_header(path, lines)
+    kinds = {**_KINDS, **{name: kind for name, (kind, _) in OPTIONAL_COLUMNS.items()}}
+    records = _certification_records(path, header, lines[1:], kinds, complete_last)
+    df = _certification_frame(header, records, kinds)
+    bad = df.index[~df["correct"].isin([0, 1])]
+    if len(bad):
+        raise DataError(f"{path}: column 'correct' value {df['correct'][bad[0]]!r} in row {bad[0] + 1} "
+                        f"is not 0 or 1")
+    return df
+
+
+def _certification_lines(path: Path) -> tuple[list[str], bool]:
+    """The file's lines without line endings, and whether its text ended with a newline."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -122,7 +136,11 @@ def read_certification(path: str | Path) -> pd.DataFrame:
     complete_last = lines[-1] == ""  # the text ended with a newline
     if complete_last:
         lines.pop()
-    lines = [line.rstrip("\r") for line in lines]
+    return [line.rstrip("\r") for line in lines], complete_last
+
+
+def _certification_header(path: Path, lines: list[str]) -> list[str]:
+    """The header's column names; DataError when it is empty, repeats a name or lacks a required column."""
     if not lines or not lines[0].strip():
         raise DataError(f"{path}: empty certification file: expected a header line with columns "
                         f"{', '.join(REQUIRED_COLUMNS)}, time")
@@ -134,11 +152,16 @@ def read_certification(path: str | Path) -> pd.DataFrame:
     if missing:
         raise DataError(f"{path}: missing column {missing[0]!r}: a certification file needs tab-separated columns "
                         f"{', '.join(REQUIRED_COLUMNS)} (found {', '.join(header)})")
+    return header
 
-    kinds = {**_KINDS, **{name: kind for name, (kind, _) in OPTIONAL_COLUMNS.items()}}
+
+def _certification_records(path: Path, header: list[str], body: list[str], kinds: dict[str, str],
+                           complete_last: bool) -> dict[str, list]:
+    """{column: its values, row by row} of the body lines (typed columns converted, others kept as text).
+    Blank lines are skipped; a last row cut short by a killed run, or unparseable and without its
+    newline, is dropped; any other malformed row raises DataError."""
     typed = [c for c in header if c in kinds]
     records: dict[str, list] = {c: [] for c in header}
-    body = lines[1:]
     for number, line in enumerate(body, start=2):
         last = number == len(body) + 1
         if not line.strip():
@@ -149,21 +172,33 @@ def read_certification(path: str | Path) -> pd.DataFrame:
                 break  # a row cut short by a killed run
             raise DataError(f"{path}: line {number} has {len(fields)} fields, the header has {len(header)}")
         try:
-            values = {}
-            for column in typed:
-                field = fields[header.index(column)]
-                try:
-                    values[column] = _convert(field, kinds[column])
-                except (ValueError, DataError):
-                    raise DataError(f"{path}: line {number}: column {column!r} value {field!r} is not "
-                                    f"{_EXPECTED[kinds[column]]}") from None
+            values = _typed_fields(path, number, header, fields, typed, kinds)
         except DataError:
             if last and not complete_last:
                 break  # the last row lacks its newline and does not parse: cut mid-write
             raise
         for column, field in zip(header, fields):
             records[column].append(values.get(column, field))
+    return records
 
+
+def _typed_fields(path: Path, number: int, header: list[str], fields: list[str], typed: list[str],
+                  kinds: dict[str, str]) -> dict:
+    """{column: converted value} for the ``typed`` columns of one row (line ``number``)."""
+    values = {}
+    for column in typed:
+        field = fields[header.index(column)]
+        try:
+            values[column] = _convert(field, kinds[column])
+        except (ValueError, DataError):
+            raise DataError(f"{path}: line {number}: column {column!r} value {field!r} is not "
+                            f"{_EXPECTED[kinds[column]]}") from None
+    return values
+
+
+def _certification_frame(header: list[str], records: dict[str, list], kinds: dict[str, str]) -> pd.DataFrame:
+    """The records as a DataFrame with each kind's dtype (extra columns numeric where every value is)
+    and the absent optional columns filled with their defaults."""
     df = pd.DataFrame({c: records[c] for c in header})
     for column in header:
         kind = kinds.get(column)
@@ -180,10 +215,6 @@ def read_certification(path: str | Path) -> pd.DataFrame:
         if column not in df.columns:
             dtype = {"int": "int64", "float": "float64", "time": "float64"}.get(kind, object)
             df[column] = pd.Series([default] * len(df), index=df.index, dtype=dtype)
-    bad = df.index[~df["correct"].isin([0, 1])]
-    if len(bad):
-        raise DataError(f"{path}: column 'correct' value {df['correct'][bad[0]]!r} in row {bad[0] + 1} "
-                        f"is not 0 or 1")
     return df
 
 

@@ -55,10 +55,10 @@ import torch
 
 from .certificates import ABSTAIN, clopper_pearson_lower, cohen_radius
 from .errors import ConfigError, InstaRSError, check
-from .models import CifarResNet, SmallCNN, count_parameters
+from .models import CifarResNet, CifarVGG, SmallCNN, count_parameters
 from .smoothing import Smooth, autocast_dtype_of, row_generator
 
-MODELS = ("small_cnn", "cifar_resnet20")
+MODELS = ("small_cnn", "cifar_resnet20", "cifar_vgg")
 NAIVE_BATCH = 1000
 """The reference code's batch (Cohen et al., core.py: ``batch_size=1000``)."""
 
@@ -73,6 +73,9 @@ def build_model(name: str, quick: bool, seed: int) -> tuple[torch.nn.Module, tup
         shape = (1, 8, 8)
         kwargs = {"width": 4, "hidden": 16} if quick else {}
         model = SmallCNN(10, shape, mean=(0.3,), std=(0.4,), **kwargs)
+    elif name == "cifar_vgg":
+        shape = (3, 32, 32)
+        model = CifarVGG(10, shape, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), width=4 if quick else 8)
     else:
         shape = (3, 32, 32)
         kwargs = {"depth": 8, "width": 4} if quick else {"depth": 20}
@@ -438,6 +441,34 @@ def _knobs(method) -> str:
 
 # -- command line ------------------------------------------------------------------------------------------
 
+def bench_throughput(args) -> dict:
+    """Certification throughput (draws per second of ``Smooth.certify`` at ``--n``) of several models, measured
+    interleaved round by round in one process; ratios against the first model."""
+    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    for name in names:
+        check(name in MODELS, "--models", args.models, f"a comma-separated list of {', '.join(MODELS)}")
+    models = {name: build_model(name, args.quick, args.seed) for name in names}
+    rates = {name: [] for name in names}
+    print(f"bench throughput: Smooth.certify, n0={args.n0} n={args.n} batch_size={args.batch_size} "
+          f"threads={torch.get_num_threads()}, {args.repeats} rounds", flush=True)
+    for round_ in range(args.repeats + 1):  # round 0 warms up
+        for name, (model, shape) in models.items():
+            smooth = Smooth(model, 10, batch_size=args.batch_size, device="cpu")
+            x = random_inputs(1, shape, args.seed)[0]
+            start = time.perf_counter()
+            smooth.certify(x, args.sigma, args.n0, args.n, args.alpha, row_generator(args.seed, round_))
+            if round_:
+                rates[name].append((args.n0 + args.n) / (time.perf_counter() - start))
+    pairs = {}
+    for name in names:
+        rate = statistics.median(rates[name])
+        pairs[f"{name}_draws_per_s"] = rate
+        print(f"  {name:16s} {count_parameters(models[name][0]):>9,d} parameters  {rate:10.0f} draws/s  "
+              f"{rate / statistics.median(rates[names[0]]):.2f}x {names[0]}", flush=True)
+    print(format_pairs(pairs))
+    return pairs
+
+
 def _certify_rows(trained, settings, dataset, indices, seed: int, sigma_search: str) -> tuple[list[dict], float]:
     """The TSV rows of ``indices`` certified in this process with ``settings`` (no files), and the seconds."""
     from .certification import Certifier
@@ -471,11 +502,11 @@ def bench_sequential(args) -> dict:
 
     check(args.ckpt is not None, "--ckpt", None, "the checkpoint of a trained run (train.py writes one)")
     trained = load_run(args.ckpt)
-    dataset = trained.source.split("test")
+    dataset = trained.source.split(args.split)
     indices = list(range(0, len(dataset), args.skip))[:args.rows]
     fixed = CertifySettings(n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size)
     radii = analysis.radius_grid(trained.source.info.name)
-    print(f"bench sequential: {trained.source.info.name} test split, {len(indices)} inputs (every {args.skip}th), "
+    print(f"bench sequential: {trained.source.info.name} {args.split} split, {len(indices)} inputs (every {args.skip}th), "
           f"model {trained.config['model']['_target_'].rsplit('.', 1)[1]} from {args.ckpt}, "
           f"sigma_search={args.sigma_search}, n0={args.n0}, n={args.n}, alpha={args.alpha}, "
           f"tolerance={args.tolerance}", flush=True)
@@ -535,9 +566,11 @@ def _batch_sizes(text: str) -> list[int]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m insta_rs.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("certify", "search", "sequential"))
+    p.add_argument("what", choices=("certify", "search", "sequential", "throughput"))
+    p.add_argument("--models", default="cifar_resnet20,cifar_vgg", help="throughput: the models to compare")
     p.add_argument("--ckpt", default=None, help="sequential: the trained run's checkpoint")
-    p.add_argument("--skip", type=int, default=1, help="sequential: every skip-th test input")
+    p.add_argument("--skip", type=int, default=1, help="sequential: every skip-th input of --split")
+    p.add_argument("--split", default="test", choices=("test", "val"), help="sequential: choose settings on val")
     p.add_argument("--bound", default="both", choices=("union", "anytime", "both"), help="sequential: the bound(s)")
     p.add_argument("--tolerance", type=float, default=0.01, help="sequential: certify.tolerance")
     p.add_argument("--sigma-search", default="fixed", choices=("fixed", "BestLevelSigma", "CascadeSigma"),
@@ -578,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.n is None:
             args.n = 10_000 if args.what == "certify" else 100_000
         if args.rows is None:
-            args.rows = {"certify": 2, "search": 3, "sequential": 200}[args.what]
+            args.rows = {"certify": 2, "search": 3, "sequential": 200, "throughput": 1}[args.what]
         args.batch_sizes = args.batch_sizes or [128, 256, 512, 1000, 2000]
         for name in ("n", "n0", "rows", "repeats", "batch_size", "ranks"):
             value = getattr(args, name)
@@ -591,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--device={args.device!r} but no CUDA device is visible: use --device cpu")
         if args.what == "sequential":
             bench_sequential(args)
+        elif args.what == "throughput":
+            bench_throughput(args)
         elif args.what == "certify" and args.ranks != 1:
             if not args.quick and args.rows < 8 * args.ranks:
                 args.rows = 8 * args.ranks  # enough rows to amortise starting the processes

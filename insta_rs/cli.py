@@ -8,6 +8,7 @@ library's settings and objects for the entry points.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import sys
 from pathlib import Path
@@ -29,11 +30,14 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         from omegaconf.errors import OmegaConfBaseException
 
+        release_stderr()  # the config composed: from here on, errors are ours
+
         # W&B's console chatter drowns the results table; its runs still land under <run dir>/wandb
         os.environ.setdefault("WANDB_SILENT", "true")
         try:
             return fn(*args, **kwargs)
         except InstaRSError as error:
+            remove_empty_run_dir()
             fail(error, error.exit_code)
         except KeyboardInterrupt:
             print("interrupted: rerun the same command to resume", file=sys.stderr)
@@ -41,14 +45,74 @@ def user_errors(fn):
         except Exception as error:
             cause = user_error_cause(error)
             if cause is not None:
+                remove_empty_run_dir()
                 fail(cause, cause.exit_code)
             if isinstance(error, OmegaConfBaseException):
+                remove_empty_run_dir()
                 fail(ConfigError(str(error).splitlines()[0]), 2)
             raise
         finally:
             finish_wandb()
 
     return wrapper
+
+
+def remove_empty_run_dir() -> None:
+    """After a refused run, remove its run directory if it holds nothing but what Hydra wrote when it
+    started (``.hydra/`` and the job's log): a failed command leaves no empty run folder behind."""
+    import shutil
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        config = HydraConfig.get()
+    except (ImportError, ValueError):
+        return
+    run_dir = Path(config.runtime.output_dir)
+    if os.environ.get("LOCAL_RANK", "0") != "0" or not run_dir.is_dir():
+        return
+    hydra_files = {".hydra", f"{config.job.name}.log"}
+    if all(entry.name in hydra_files for entry in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+_HELD: dict = {}
+
+
+def run_hydra(main) -> None:
+    """Call a ``@hydra.main`` function so that Hydra's own errors before the task starts (an override that
+    does not parse, such as ``train.sigma 0.5``; an unknown key; a wrong type) are one line and exit 2 like
+    ours, instead of Hydra's several lines and exit 1. Hydra writes them to stderr and exits 1; stderr is
+    held until the task function starts (``user_errors`` releases it), so only those messages are caught."""
+    _HELD["stderr"], _HELD["buffer"] = sys.stderr, io.StringIO()
+    sys.stderr = _HELD["buffer"]
+    try:
+        main()
+    except SystemExit as exit_:
+        held = _HELD.get("buffer")
+        text = held.getvalue() if held is not None and sys.stderr is held else None
+        release_stderr(echo=text is None or exit_.code in (0, None))
+        if text is not None and exit_.code not in (0, None):
+            fail(ConfigError(_hydra_message(text)), 2)
+        raise
+    finally:
+        release_stderr()
+
+
+def release_stderr(echo: bool = True) -> None:
+    """Give stderr back (and write what was held on it, unless ``echo`` is false)."""
+    held = _HELD.pop("buffer", None)
+    if held is not None and sys.stderr is held:
+        sys.stderr = _HELD.pop("stderr")
+        if echo and held.getvalue():
+            sys.stderr.write(held.getvalue())
+
+
+def _hydra_message(text: str) -> str:
+    """Hydra's multi-line error as one line: its meaningful lines joined, without the HYDRA_FULL_ERROR hint."""
+    skip = ("Set the environment variable", "full_key:", "object_type", "reference_type")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(skip)]
+    return "; ".join(lines) or "Hydra could not compose the config"
 
 
 def finish_wandb() -> None:
@@ -171,6 +235,37 @@ def register_configs() -> None:
     from .certification import CertifySettings
 
     ConfigStore.instance().store(group="certify", name="base", node=CertifySettings)
+    register_train_configs()
+
+
+def register_train_configs() -> None:
+    """The schemas of the ``train`` and ``train/loss`` groups (``train/base_<schedule>``,
+    ``train/loss/base_<loss>``): each settings dataclass plus a ``_target_`` that builds it, so the YAML files
+    of those groups list only what differs and ``instantiate`` builds the settings with their loss; and the
+    ``project_root`` resolver of conf/paths."""
+    import dataclasses
+
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from . import losses, training
+
+    schemas = {"train": {"gaussian": training.TrainSettings, "insta_rs": training.InstaRSSettings},
+               "train/loss": {"gaussian": losses.GaussianAugmentation, "consistency": losses.ConsistencyLoss,
+                              "macer": losses.MacerLoss}}
+    for group, classes in schemas.items():
+        for name, cls in classes.items():
+            target = dataclasses.field(default=f"{cls.__module__}.{cls.__qualname__}")
+            node = dataclasses.make_dataclass(f"{cls.__name__}Config", [("_target_", str, target)], bases=(cls,))
+            ConfigStore.instance().store(group=group, name=f"base_{name}", node=node)
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", project_root)
+
+
+def project_root(relative: str = ".") -> str:
+    """``${project_root:}``: the project folder (the one that holds conf/ and insta_rs/), or ``relative``
+    resolved against it (``${project_root:../shared}``), whatever the working directory."""
+    return os.path.normpath(Path(__file__).resolve().parents[1] / relative)
 
 
 def settings(cls, node, group: str):
@@ -266,3 +361,22 @@ class SweepGroupCallback(_hydra_callback_base()):
         hydra_cfg = config.get("hydra") if hasattr(config, "get") else None
         suffix = sweep_suffix(hydra_cfg.get("mode"), hydra_cfg.sweep.get("dir")) if hydra_cfg is not None else ""
         os.environ[SWEEP_SUFFIX_ENV] = suffix
+
+
+def build_group(spec: dict, group: str, **kwargs):
+    """Hydra's ``instantiate`` of a config group's object (e.g. ``sigma_search``). The library's one-line
+    errors name the field (``sigma=0 is invalid ...``); here they gain the group, ``sigma_search.sigma=0 ...``,
+    so the message names the full key the user typed."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(spec, **kwargs)
+    except Exception as error:
+        cause = user_error_cause(error)
+        if cause is None:
+            raise
+        message = " ".join(str(cause).split())
+        field = message.split("=", 1)[0]
+        if field in spec and not field.startswith(group + "."):
+            raise type(cause)(f"{group}.{message}") from error
+        raise cause from error

@@ -501,9 +501,32 @@ class ImageFolderData(DataSource):
                  mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
                  val_fraction: float = 0.1, split_seed: int = 0, augment: str = "crop_flip",
                  name: str = "image_folder"):
-        import torchvision
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
+        image_size, resize, val_fraction, split_seed, mean, std = self._checked_settings(
+            root, train_dir, val_dir, test_dir, image_size, resize, mean, std, val_fraction, split_seed, augment)
+        root = Path(str(root)).expanduser()
+        self.root, self.root_shown = root, _shown_root(root)
+        layout = f"expected {root}/{train_dir}/<class>/<image> and {root}/{test_dir}/<class>/<image>"
+        if not root.is_dir():
+            raise DataError(f"dataset.root={self.root_shown}: no such folder; {layout}")
+        dirs = {"train": train_dir, "test": test_dir}
+        if val_dir is not None:
+            dirs["val"] = val_dir
+        classes = self._classes_by_split(dirs, layout, tuple(IMG_EXTENSIONS))
+        self._check_same_classes(dirs, classes)
+        folders = self._image_folders(dirs, layout)
+        self._parts = self._parts_by_split(folders, val_dir is None, val_fraction, split_seed)
+        self.image_size, self.resize, self.augment = image_size, resize, augment
+        self.info = DatasetInfo(name=str(name), num_classes=len(classes["train"]),
+                                input_shape=(3, image_size, image_size), mean=mean, std=std,
+                                class_names=tuple(classes["train"]))
+
+    @staticmethod
+    def _checked_settings(root, train_dir, val_dir, test_dir, image_size, resize, mean, std, val_fraction,
+                          split_seed, augment) -> tuple:
+        """The validated (image_size, resize, val_fraction, split_seed, mean, std); raises ConfigError for
+        the first invalid setting."""
         check(root is not None and str(root) not in ("", "???"), "dataset.root", root,
               "the folder that holds <train_dir>/<class>/<image> and <test_dir>/<class>/<image>")
         image_size = _as_int(image_size, "dataset.image_size", 1)
@@ -518,55 +541,61 @@ class ImageFolderData(DataSource):
             check(isinstance(value, str) and value != "", setting, value, "a folder name under dataset.root")
         check(val_dir is None or (isinstance(val_dir, str) and val_dir != ""), "dataset.val_dir", val_dir,
               "null (hold out dataset.val_fraction of the training images) or a folder name under dataset.root")
+        return image_size, resize, val_fraction, split_seed, mean, std
 
-        root = Path(str(root)).expanduser()
-        self.root, self.root_shown = root, _shown_root(root)
-        layout = f"expected {root}/{train_dir}/<class>/<image> and {root}/{test_dir}/<class>/<image>"
-        if not root.is_dir():
-            raise DataError(f"dataset.root={self.root_shown}: no such folder; {layout}")
-        dirs = {"train": train_dir, "test": test_dir}
-        if val_dir is not None:
-            dirs["val"] = val_dir
+    def _classes_by_split(self, dirs: dict[str, str], layout: str, extensions: tuple[str, ...]) -> dict[str, list[str]]:
+        """{split: its sorted class-folder names}; raises DataError for a missing split folder, one without
+        class folders, or a class folder without images."""
         classes: dict[str, list[str]] = {}
         for split, folder in dirs.items():
-            path = root / folder
+            path = self.root / folder
             if not path.is_dir():
                 raise DataError(f"dataset.{split}_dir={folder}: no folder {path} under dataset.root={self.root_shown}; "
                                 f"{layout}")
             classes[split] = _class_folders(path)
             if not classes[split]:
                 raise DataError(f"dataset.{split}_dir={folder}: {path} has no class folders; {layout}")
-            extensions = tuple(IMG_EXTENSIONS)
             empty = [c for c in classes[split] if not _has_image(path / c, extensions)]
             if empty:
                 raise DataError(f"dataset.{split}_dir={folder}: class folders without images in {path}: "
                                 f"{', '.join(empty)}; each class folder needs at least one {'/'.join(extensions)} "
                                 "file")
+        return classes
+
+    def _check_same_classes(self, dirs: dict[str, str], classes: dict[str, list[str]]) -> None:
+        """Raises DataError when a split's class folders differ from the train split's."""
+        train_dir = dirs["train"]
         for split in dirs:
             if split != "train" and classes[split] != classes["train"]:
                 only_train = sorted(set(classes["train"]) - set(classes[split]))
                 only_other = sorted(set(classes[split]) - set(classes["train"]))
                 raise DataError(f"dataset.{split}_dir={dirs[split]}: its class folders differ from dataset.train_dir="
-                                f"{train_dir} under {root}: only in {train_dir}: {only_train or 'none'}; only in "
+                                f"{train_dir} under {self.root}: only in {train_dir}: {only_train or 'none'}; only in "
                                 f"{dirs[split]}: {only_other or 'none'}; every split needs the same class folders")
+
+    def _image_folders(self, dirs: dict[str, str], layout: str) -> dict:
+        """{split: torchvision ImageFolder of its folder}; an unreadable folder raises DataError."""
+        import torchvision
+
         try:
-            folders = {split: torchvision.datasets.ImageFolder(str(root / folder)) for split, folder in dirs.items()}
+            return {split: torchvision.datasets.ImageFolder(str(self.root / folder)) for split, folder in dirs.items()}
         except (FileNotFoundError, OSError) as err:
             raise DataError(f"dataset.root={self.root_shown}: {_one_line(err)}; {layout}") from None
 
+    @staticmethod
+    def _parts_by_split(folders: dict, hold_out_val: bool, val_fraction: float, split_seed: int) -> dict:
+        """{split: (ImageFolder, positions in it)}: val is a stratified hold-out of train when
+        ``hold_out_val``, else its own folder."""
         train_labels = np.asarray(folders["train"].targets, dtype=np.int64)
-        if val_dir is None:
+        if hold_out_val:
             train_pos, val_pos = _stratified_split(train_labels, val_fraction, split_seed, "dataset.val_fraction",
                                                    val_fraction)
-            self._parts = {"train": (folders["train"], train_pos), "val": (folders["train"], val_pos)}
+            parts = {"train": (folders["train"], train_pos), "val": (folders["train"], val_pos)}
         else:
-            self._parts = {"train": (folders["train"], np.arange(len(train_labels))),
-                           "val": (folders["val"], np.arange(len(folders["val"])))}
-        self._parts["test"] = (folders["test"], np.arange(len(folders["test"])))
-        self.image_size, self.resize, self.augment = image_size, resize, augment
-        self.info = DatasetInfo(name=str(name), num_classes=len(classes["train"]),
-                                input_shape=(3, image_size, image_size), mean=mean, std=std,
-                                class_names=tuple(classes["train"]))
+            parts = {"train": (folders["train"], np.arange(len(train_labels))),
+                     "val": (folders["val"], np.arange(len(folders["val"])))}
+        parts["test"] = (folders["test"], np.arange(len(folders["test"])))
+        return parts
 
     def eval_transform(self) -> Callable:
         """PIL image -> PIL image of image_size x image_size (resize the shorter side, centre-crop)."""
@@ -660,7 +689,7 @@ class SmoothingDataModule(pl.LightningDataModule):
 
     ``train_dataloader``: the train split with the training augmentation, reshuffled every epoch
     (from torch's global generator, which ``seed_everything`` fixes), last partial batch kept.
-    ``val_dataloader`` / ``test_dataloader``: in order, ``eval_batch_size`` (default ``batch_size``).
+    ``val_dataloader``: in order, ``eval_batch_size`` (default ``batch_size``).
     Under DDP, Lightning inserts a ``DistributedSampler``.
     """
 
@@ -695,6 +724,3 @@ class SmoothingDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"), self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"), self.eval_batch_size, shuffle=False)

@@ -1,9 +1,10 @@
 """Training losses for smoothed classifiers (the ``train/loss`` config group).
 
-A loss is called as ``loss(model, x, y, sigma)`` with x in [0, 1], y the labels and sigma a per-row
-tensor of noise levels, and returns ``LossOutput(loss, logits, parts)`` where logits are the model's
-outputs on (one set of) noisy inputs, used for the training accuracy, and ``parts`` the loss's named
-terms (detached scalars are the caller's business). The sigma schedule (one sigma, or the per-example
+A loss is a dataclass of its settings (every default lives there; the ``train/loss`` config files name
+it by ``_target_``), checked when built, and called as ``loss(model, x, y, sigma)`` with x in [0, 1], y the
+labels and sigma a per-row tensor of noise levels. It returns ``LossOutput(loss, logits, parts)`` where
+logits are the model's outputs on (one set of) noisy inputs, used for the training accuracy, and ``parts``
+the loss's named terms (logged as ``train/loss/<part>``). The sigma schedule (one sigma, or the per-example
 table of Insta-RS Train) is chosen separately, so every loss works with every schedule.
 
 - ``gaussian``: Gaussian data augmentation (Cohen et al. 2019);
@@ -42,10 +43,9 @@ def add_noise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return x + torch.randn_like(x) * sigma.view(-1, *([1] * (x.dim() - 1)))
 
 
+@dataclass
 class GaussianAugmentation:
     """Cohen et al. (2019): cross-entropy of f(x + sigma * e), one noise draw per example."""
-
-    name = "gaussian"
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor) -> LossOutput:
         logits = model(add_noise(x, sigma))
@@ -103,6 +103,7 @@ def consistency_objective(logits: torch.Tensor, y: torch.Tensor, lbd: float, eta
     return {"loss": ce + lbd * consistency + eta * entropy, "ce": ce, "consistency": consistency, "entropy": entropy}
 
 
+@dataclass
 class ConsistencyLoss:
     """Gaussian augmentation with consistency regularisation (Jeong & Shin, NeurIPS 2020), ALGORITHMS.md 4.
 
@@ -115,12 +116,14 @@ class ConsistencyLoss:
     The logits returned for the training accuracy are those of the first copy.
     """
 
-    name = "consistency"
+    m: int = 2
+    lbd: float = 10.0
+    eta: float = 0.5
 
-    def __init__(self, m: int = 2, lbd: float = 10.0, eta: float = 0.5):
-        self.m = _check_int(m, "m", 2)
-        self.lbd = _check_number(lbd, "lbd", "a number >= 0", lambda v: v >= 0)
-        self.eta = _check_number(eta, "eta", "a number >= 0", lambda v: v >= 0)
+    def __post_init__(self) -> None:
+        self.m = _check_int(self.m, "m", 2)
+        self.lbd = _check_number(self.lbd, "lbd", "a number >= 0", lambda v: v >= 0)
+        self.eta = _check_number(self.eta, "eta", "a number >= 0", lambda v: v >= 0)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor,
                  noise: torch.Tensor | None = None) -> LossOutput:
@@ -163,6 +166,7 @@ def macer_objective(logits: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor, 
             "hinge_fraction": active.float().mean()}
 
 
+@dataclass
 class MacerLoss:
     """MACER: maximising the certified radius (Zhai et al., ICLR 2020), ALGORITHMS.md 4.
 
@@ -174,13 +178,18 @@ class MacerLoss:
     must keep 2 PhiInv(1 - eps) > gamma. The logits returned for the training accuracy are the first copy's.
     """
 
-    name = "macer"
+    k: int = 16
+    lbd: float = 12.0
+    gamma: float = 8.0
+    beta: float = 16.0
+    eps: float = 1e-6
 
-    def __init__(self, k: int = 16, lbd: float = 12.0, gamma: float = 8.0, beta: float = 16.0, eps: float = 1e-6):
-        self.k = _check_int(k, "k", 1)
-        self.lbd = _check_number(lbd, "lbd", "a number >= 0", lambda v: v >= 0)
+    def __post_init__(self) -> None:
+        eps, gamma = self.eps, self.gamma
+        self.k = _check_int(self.k, "k", 1)
+        self.lbd = _check_number(self.lbd, "lbd", "a number >= 0", lambda v: v >= 0)
         self.gamma = _check_number(gamma, "gamma", "a number > 0", lambda v: v > 0)
-        self.beta = _check_number(beta, "beta", "a number > 0", lambda v: v > 0)
+        self.beta = _check_number(self.beta, "beta", "a number > 0", lambda v: v > 0)
         self.eps = _check_number(eps, "eps", "a number in (0, 0.5)", lambda v: 0 < v < 0.5)
         # the probabilities are float32: 1 - eps must stay below 1 there (eps >= 1e-7), and a fully confident
         # row must land outside the hinge: 2 PhiInv(1 - eps) > gamma, i.e. eps < Phi(-gamma / 2)
@@ -197,17 +206,3 @@ class MacerLoss:
         logits = _noisy_logits(model, x, sigma, noise)
         terms = macer_objective(logits, y, sigma, self.lbd, self.gamma, self.beta, self.eps)
         return LossOutput(terms.pop("loss"), logits[0], terms)
-
-
-LOSSES = {"gaussian": GaussianAugmentation, "consistency": ConsistencyLoss, "macer": MacerLoss}
-
-
-def build_loss(name: str, **params):
-    """The loss named by ``train.loss.name`` with its parameters; ConfigError for an unknown name or parameter."""
-    if name not in LOSSES:
-        raise ConfigError(f"train.loss.name={name!r} is not a known loss: expected one of {', '.join(sorted(LOSSES))}")
-    try:
-        return LOSSES[name](**params)
-    except TypeError as error:
-        raise ConfigError(f"train.loss={{name: {name}, ...}} has a parameter the loss does not take ({error}); "
-                          f"see conf/train/loss/{name}.yaml") from error

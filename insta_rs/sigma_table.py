@@ -1,27 +1,43 @@
-"""The per-example sigma table of Insta-RS Train (ALGORITHMS.md section 4), as plain functions.
+"""The per-example sigma table of Insta-RS Train (ALGORITHMS.md section 4).
 
-``candidate_sigmas`` and ``choose_sigmas`` are the stage-2 update rule: for a training example i with
-current sigma_i, evaluate s in {sigma_i e^-eta, sigma_i, sigma_i e^+eta} (clipped to the bounds) with
-m noisy draws each, score Rhat_y(s) = s * PhiInv(clamp(phat_y(s), eps, 1 - eps)) with the true label y
-as class A, move to the best, and if phat_y(sigma_i) < 1/2 shrink the result by e^-eta; clip.
-``first_occurrence`` resolves the duplicate indices that a distributed sampler's padding creates, so
-every rank applies the same update. ``table_statistics`` and ``plot_sigma_table`` describe a table.
+``SigmaTable`` holds one sigma per training example (indexed by dataset index), its update rule and its
+state. The update, for an example i with current sigma_i: evaluate s in {sigma_i e^-eta, sigma_i,
+sigma_i e^+eta} (clipped to the bounds) with m noisy draws each, score Rhat_y(s) = s * PhiInv(clamp(phat_y(s),
+eps, 1 - eps)) with the true label y as class A (``estimated_radius``), move to the best, and if
+phat_y(sigma_i) < 1/2 shrink the result by e^-eta; clip. Under DDP every rank gathers all ranks'
+(index, sigma, label, difficulty) and applies the same pairs, the lowest rank's value winning an index
+that occurs twice (``first_occurrence``: a distributed sampler's padding repeats examples), so the tables
+stay identical. The tensors are plain tensors, not module buffers, so DDP's buffer broadcast never
+overwrites them. ``SigmaTableMonitor`` logs the table every epoch and exports it at the end of training.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 
+from .certification_file import write_atomic
+
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+TRAIN_SIGMA_FILE = "train_sigma.pt"
 
 
 def clamp_eps(m: int) -> float:
     """The clamp of phat in the update's PhiInv: 1/(2m), half a draw, so Rhat stays finite and a
     candidate that classified all m draws correctly still ranks by its sigma."""
     return 0.5 / m
+
+
+def estimated_radius(sigma: torch.Tensor, p_correct: torch.Tensor, m: int) -> torch.Tensor:
+    """Rhat_y = sigma * PhiInv(clamp(phat_y, 1/(2m), 1 - 1/(2m))), elementwise, in sigma's dtype: the sigma
+    passed here must be the one the noise was scaled by (float32 for the table)."""
+    eps = clamp_eps(m)
+    return sigma * torch.distributions.Normal(0.0, 1.0).icdf(p_correct.clamp(eps, 1 - eps))
 
 
 def candidate_sigmas(sigma: torch.Tensor, eta: float, sigma_min: float, sigma_max: float) -> torch.Tensor:
@@ -34,9 +50,7 @@ def choose_sigmas(candidates: torch.Tensor, p_correct: torch.Tensor, eta: float,
                   sigma_max: float, m: int) -> torch.Tensor:
     """The updated sigma per row from the three candidates (B, 3) and their estimated probability of the
     true class (B, 3). Ties go to the current sigma (column 1), then to the smaller sigma."""
-    eps = clamp_eps(m)
-    normal = torch.distributions.Normal(0.0, 1.0)
-    scores = candidates * normal.icdf(p_correct.clamp(eps, 1 - eps))
+    scores = estimated_radius(candidates, p_correct, m)
     # prefer the current sigma on ties, then the smaller one: order columns (1, 0, 2) before argmax
     order = torch.tensor([1, 0, 2], device=candidates.device)
     best = order[scores[:, order].argmax(dim=1)]
@@ -72,14 +86,145 @@ def first_occurrence(indices: torch.Tensor) -> torch.Tensor:
     return first[indices] == positions
 
 
-def table_statistics(table: torch.Tensor, sigma_min: float, sigma_max: float) -> dict[str, float]:
-    """Quantiles, mean and the fractions of sigmas at either bound (within 1e-6 relative)."""
-    values = table.detach().double().cpu()
-    stats = {f"q{int(q * 100):02d}": float(torch.quantile(values, q)) for q in QUANTILES}
-    stats["mean"] = float(values.mean())
-    stats["at_min"] = float((values <= sigma_min * (1 + 1e-6)).double().mean())
-    stats["at_max"] = float((values >= sigma_max * (1 - 1e-6)).double().mean())
-    return stats
+def _same(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+class SigmaTable:
+    """One sigma per training example, with the update rule above and its state.
+
+    ``sigma`` (float32), ``label`` (long, -1 until the example's first update) and ``difficulty`` (the
+    estimate phat_y(sigma0) of the example's first update, i.e. the accuracy under noise at sigma0 of the
+    model that finished stage 1; NaN until then) all have one entry per training example. ``visits``
+    counts the stage-2 steps (``step``); every ``update_every``-th one updates its batch's sigmas.
+    """
+
+    STATE_KEYS = {"sigma": "sigma_table", "label": "label_table", "difficulty": "difficulty"}
+
+    def __init__(self, size: int, sigma0: float, eta: float, sigma_min: float, sigma_max: float, m_update: int,
+                 update_every: int = 1):
+        self.sigma = torch.full((size,), float(sigma0))
+        self.label = torch.full((size,), -1, dtype=torch.long)
+        self.difficulty = torch.full((size,), float("nan"))
+        self.eta, self.sigma_min, self.sigma_max = eta, sigma_min, sigma_max
+        self.m_update, self.update_every = m_update, update_every
+        self.visits = 0
+
+    def __len__(self) -> int:
+        return len(self.sigma)
+
+    def to(self, device) -> "SigmaTable":
+        """Move the tensors to ``device`` (in place); returns the table."""
+        for name in self.STATE_KEYS:
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.sigma[idx]
+
+    def step(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+             gather: Callable[[torch.Tensor], torch.Tensor] = _same) -> None:
+        """One stage-2 training step: every ``update_every``-th call updates the batch's sigmas (``update``)."""
+        if self.visits % self.update_every == 0:
+            self.update(model, x, y, idx, gather)
+        self.visits += 1
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+               gather: Callable[[torch.Tensor], torch.Tensor] = _same) -> None:
+        """Update the batch's sigmas (model in eval mode, no gradient; the 3 candidates x B rows x m_update
+        draws in one forward), then apply every rank's updates: ``gather`` stacks a tensor of every rank,
+        rank 0 first (identity in one process)."""
+        self.to(x.device)
+        proposal = self.propose(model, x, y, idx)
+        self.apply(*(gather(t) for t in proposal))
+
+    def propose(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
+        """This rank's (idx, new sigma, label, difficulty) for a batch, before any rank applies them."""
+        candidates = candidate_sigmas(self.sigma[idx], self.eta, self.sigma_min, self.sigma_max)
+        was_training = model.training
+        model.eval()
+        p_correct = estimate_p_correct(model, x, y, candidates, self.m_update)
+        model.train(was_training)
+        new = choose_sigmas(candidates, p_correct, self.eta, self.sigma_min, self.sigma_max, self.m_update)
+        known = self.difficulty[idx]
+        difficulty = torch.where(torch.isnan(known), p_correct[:, 1].to(known.dtype), known)
+        return idx, new, y, difficulty
+
+    def apply(self, idx: torch.Tensor, sigma: torch.Tensor, label: torch.Tensor, difficulty: torch.Tensor) -> None:
+        """Write (idx, sigma, label, difficulty) rows, the first occurrence of a repeated index winning."""
+        keep = first_occurrence(idx)
+        self.sigma[idx[keep]] = sigma[keep].to(self.sigma.dtype)
+        self.label[idx[keep]] = label[keep]
+        self.difficulty[idx[keep]] = difficulty[keep].to(self.difficulty.dtype)
+
+    def state_dict(self) -> dict:
+        """The checkpoint's entries (under ``checkpoint["insta_rs"]``): the three tensors and ``visits``."""
+        state = {key: getattr(self, name).detach().cpu().clone() for name, key in self.STATE_KEYS.items()}
+        return {**state, "visits": self.visits}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``; ValueError when it holds no table of this length."""
+        if "sigma_table" not in state or state["sigma_table"].shape != self.sigma.shape:
+            raise ValueError(f"no sigma table of length {len(self)}")
+        for name, key in self.STATE_KEYS.items():
+            setattr(self, name, state[key].clone())
+        self.visits = int(state.get("visits", 0))
+
+    def statistics(self) -> dict[str, float]:
+        """Quantiles, mean and the fractions of sigmas at either bound (within 1e-6 relative)."""
+        values = self.sigma.detach().double().cpu()
+        stats = {f"q{int(q * 100):02d}": float(torch.quantile(values, q)) for q in QUANTILES}
+        stats["mean"] = float(values.mean())
+        stats["at_min"] = float((values <= self.sigma_min * (1 + 1e-6)).double().mean())
+        stats["at_max"] = float((values >= self.sigma_max * (1 - 1e-6)).double().mean())
+        return stats
+
+    def export(self, config: dict) -> dict:
+        """The content of ``train_sigma.pt``: ``idx`` (LongTensor, the dataset indices of the examples stage 2
+        visited, ascending), ``sigma`` (FloatTensor, their learned sigmas), ``label`` (LongTensor, their
+        labels), ``difficulty`` (FloatTensor; NaN where unknown) and ``config`` (the run's resolved config)."""
+        visited = (self.label >= 0).nonzero().view(-1).cpu()
+        return {"idx": visited, "sigma": self.sigma.cpu()[visited], "label": self.label.cpu()[visited],
+                "difficulty": self.difficulty.cpu()[visited], "config": config}
+
+
+class SigmaTableMonitor(pl.Callback):
+    """Logs the table of ``pl_module.sigma_table`` at every training epoch's end (``sigma_table/q10`` ...,
+    ``mean``, ``at_min``, ``at_max``, and a histogram ``sigma_table/hist`` on W&B or TensorBoard-like
+    loggers), and at the end of training writes ``train_sigma.pt`` (``SigmaTable.export``) and its figure
+    ``sigma_hist_train.png`` in ``run_dir`` (rank 0 only; the tables of all ranks are identical)."""
+
+    def __init__(self, run_dir: str | Path | None):
+        self.run_dir = None if run_dir is None else Path(run_dir)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        table = pl_module.sigma_table
+        pl_module.log_dict({f"sigma_table/{key}": value for key, value in table.statistics().items()},
+                           on_step=False, on_epoch=True, rank_zero_only=True)
+        if trainer.is_global_zero:
+            log_histogram(trainer.loggers, table.sigma.cpu().numpy(), trainer.current_epoch)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.run_dir is None or not trainer.is_global_zero:
+            return
+        exported = pl_module.sigma_table.export(pl_module.run_config)
+        buffer = io.BytesIO()
+        torch.save(exported, buffer)
+        write_atomic(self.run_dir / TRAIN_SIGMA_FILE, buffer.getvalue())
+        plot_sigma_table(exported["sigma"].numpy(), exported["difficulty"].numpy(), self.run_dir / "sigma_hist_train.png",
+                         f"Insta-RS Train: {len(exported['idx'])} examples after {trainer.current_epoch} epochs")
+
+
+def log_histogram(loggers, values: np.ndarray, epoch: int) -> None:
+    """``sigma_table/hist`` on every logger that takes histograms (W&B, TensorBoard-like ones)."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            logger.experiment.log({"sigma_table/hist": wandb.Histogram(values), "epoch": epoch})
+        elif hasattr(getattr(logger, "experiment", None), "add_histogram"):
+            logger.experiment.add_histogram("sigma_table/hist", values, global_step=epoch)
 
 
 def plot_sigma_table(sigmas, difficulty, path: str | Path, title: str) -> None:
@@ -105,8 +250,7 @@ def plot_sigma_table(sigmas, difficulty, path: str | Path, title: str) -> None:
     right.set_title("sigma vs difficulty")
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, buffer.getvalue())

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .certification_file import first_difference, write_atomic as write_text_atomic  # noqa: F401  (train.py, until it moves)
-
-
 def log_certification_to_wandb(run_dir: str | Path, summary: dict, curve: tuple[list, list], sigmas: list[float],
                                config: dict, mode: str = "offline", project: str = "insta-rs",
                                group: str | None = None, name: str | None = None) -> None:

@@ -82,8 +82,7 @@ TRAIN_CASES = [
     # (overrides, exit code, words the one line must hold); "{root}" is replaced by a prepared folder
     pytest.param(["train.sigma=-1"], 2, ["train.sigma", "-1", "expected"], id="sigma-negative"),
     pytest.param(["train.sigma=nan"], 2, ["train.sigma", "nan", "expected"], id="sigma-nan", marks=slow),
-    pytest.param(["train.sigma=inf"], 2, ["train.sigma", "inf", "expected"], id="sigma-inf", marks=[slow, pytest.mark.xfail(
-        strict=True, reason="insta_rs/training.py TrainSettings.validate accepts inf: add math.isfinite(s)")]),
+    pytest.param(["train.sigma=inf"], 2, ["train.sigma", "inf", "expected"], id="sigma-inf", marks=slow),
     pytest.param(["dataset=nosuchdata"], 2, ["dataset", "nosuchdata", "digits"], id="unknown-dataset"),
     pytest.param(["model=nosuchmodel"], 2, ["model", "nosuchmodel", "small_cnn"], id="unknown-model"),
     pytest.param(["train=insta_rs", "train.stage1_epochs=0", "train.sigma0=0.5", "train.sigma_min=1.5",
@@ -172,9 +171,7 @@ def needs(choice):
 
 CERTIFY_CASES = [
     # (overrides, exit code, words, precondition)
-    pytest.param(["sigma_search.sigma=0"], 2, ["sigma_search.sigma", "0", "> 0"], None, id="sigma-zero",
-                 marks=[slow, pytest.mark.xfail(strict=True, reason="the message says 'sigma=0', not the setting "
-                                         "'sigma_search.sigma' (insta_rs/search/base.py FixedSigma.__init__)")]),
+    pytest.param(["sigma_search.sigma=0"], 2, ["sigma_search.sigma", "0", "> 0"], None, id="sigma-zero", marks=slow),
     pytest.param(["sigma_search.sigma=nan"], 2, ["sigma", "nan", "> 0"], None, id="sigma-nan", marks=slow),
     pytest.param(["certify.alpha=0"], 2, ["certify.alpha", "0", "(0, 1)"], None, id="alpha-zero", marks=slow),
     pytest.param(["certify.alpha=1"], 2, ["certify.alpha", "1", "(0, 1)"], None, id="alpha-one", marks=slow),
@@ -198,9 +195,7 @@ CERTIFY_CASES = [
     pytest.param(["dataset=synthetic", "dataset.num_classes=3"], 1, ["synthetic", "3 classes", "10"], None,
                  id="other-class-count", marks=slow),
     pytest.param(["dataset=synthetic", "dataset.num_classes=10", "dataset.input_shape=[3,8,8]"], 1,
-                 ["synthetic", "3-channel", "1-channel"], None, id="other-channel-count",
-                 marks=pytest.mark.xfail(strict=True, reason="certify.py load_model: a traceback; call "
-                                         "insta_rs.checkpoints.check_data_fits before building the model")),
+                 ["synthetic", "3-channel", "1-channel"], None, id="other-channel-count"),
 ]
 
 

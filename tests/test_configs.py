@@ -7,7 +7,6 @@ import dataclasses
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from conftest import CONF
 from insta_rs.training import SmoothingClassifier, TrainSettings
@@ -30,7 +29,8 @@ def test_train_configs_compose_and_build_a_module(compose, train):
     info = source.info
     model = instantiate(cfg.model, num_classes=info.num_classes, input_shape=tuple(info.input_shape),
                         mean=tuple(info.mean), std=tuple(info.std))
-    settings = TrainSettings.from_dict(OmegaConf.to_container(cfg.train, resolve=True))
+    settings = instantiate(cfg.train, _convert_="all")
+    assert isinstance(settings, TrainSettings)
     module = SmoothingClassifier(model, info.num_classes, settings, dataset_info=dataclasses.asdict(info), num_train=10)
     x = torch.rand(2, *info.input_shape)
     assert module(x).shape == (2, info.num_classes)
@@ -39,7 +39,7 @@ def test_train_configs_compose_and_build_a_module(compose, train):
 @pytest.mark.parametrize("experiment", choices("experiment"))
 def test_experiments_compose(compose, experiment):
     cfg = compose("train", [f"experiment={experiment}"])
-    TrainSettings.from_dict(OmegaConf.to_container(cfg.train, resolve=True))
+    assert isinstance(instantiate(cfg.train, _convert_="all"), TrainSettings)
 
 
 @pytest.mark.parametrize("trainer", [t for t in choices("trainer") if t in ("cpu", "ddp_sim")])

@@ -299,8 +299,8 @@ def test_imagenet_preset(tmp_path):
 
 
 @pytest.mark.skipif(not SHARED_12K.is_dir(), reason="the shared cifar10-jpg-12k subset is not present")
-def test_real_cifar10_jpg_12k_subset():
-    source = instantiate(OmegaConf.load(CONF / "dataset" / "cifar10_jpg_12k.yaml"))
+def test_real_cifar10_jpg_12k_subset(compose):
+    source = instantiate(compose("train", ["dataset=cifar10_jpg_12k"]).dataset)
     info = source.info
     assert (info.name, info.num_classes, info.input_shape) == ("cifar10-jpg-12k", 10, (3, 32, 32))
     assert info.class_names == tuple(CIFAR_CLASSES) and info.mean == CIFAR10_MEAN
@@ -426,7 +426,6 @@ def test_datamodule_loaders():
     assert [labels[i] for i in range(50)] == source.split("train").targets
     val = list(module.val_dataloader())
     assert [len(b[0]) for b in val] == [25, 5] and torch.cat([b[2] for b in val]).tolist() == list(range(30))
-    assert [len(b[0]) for b in module.test_dataloader()] == [20]
     with pytest.raises(ConfigError):
         SmoothingDataModule(source, batch_size=0)
 
@@ -445,8 +444,8 @@ def fixture_roots(tmp_path):
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (CONF / "dataset").glob("*.yaml")))
-def test_dataset_configs_instantiate(config, fixture_roots):
-    cfg = OmegaConf.load(CONF / "dataset" / config)
+def test_dataset_configs_instantiate(config, fixture_roots, compose):
+    cfg = compose("train", [f"dataset={config.removesuffix('.yaml')}"]).dataset
     assert "batch_size" not in cfg  # the train group owns batch sizes
     small = {"val_size": 2} if cfg._target_ in ("insta_rs.data.CIFAR10", "insta_rs.data.MNIST") else {}
     if "root" in cfg.keys() and not (config == "cifar10_jpg_12k.yaml" and SHARED_12K.is_dir()):
@@ -461,16 +460,19 @@ def test_dataset_configs_instantiate(config, fixture_roots):
     assert info.name == expected_names.get(config, config.removesuffix(".yaml"))
 
 
-def test_dataset_config_roots():
-    assert OmegaConf.is_missing(OmegaConf.load(CONF / "dataset" / "image_folder.yaml"), "root")
-    assert OmegaConf.load(CONF / "dataset" / "mnist.yaml").root == "data/mnist"
-    assert OmegaConf.load(CONF / "dataset" / "cifar10.yaml").root == "data/cifar10"
-    assert OmegaConf.load(CONF / "dataset" / "imagenet.yaml").root == "data/imagenet"
-
-
-def test_cifar10_jpg_12k_root_follows_insta_rs_shared(monkeypatch, tmp_path):
-    cfg = OmegaConf.load(CONF / "dataset" / "cifar10_jpg_12k.yaml")
-    monkeypatch.setenv("INSTA_RS_SHARED", str(tmp_path))
-    assert cfg.root == f"{tmp_path}/data/cifar10-jpg-12k"
-    monkeypatch.delenv("INSTA_RS_SHARED")
-    assert cfg.root == "../shared/data/cifar10-jpg-12k"
+@pytest.mark.parametrize("entry", ["train", "certify"])
+def test_dataset_config_roots_resolve_against_the_project_from_any_folder(compose, entry, tmp_path, monkeypatch):
+    """The default roots live under paths (conf/paths/default.yaml): <project>/data/<name>, and the shared
+    folder beside the project, whatever the working directory (the project root is not the cwd here)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("INSTA_RS_SHARED", raising=False)
+    extra = ["ckpt_path=x.ckpt"] if entry == "certify" else []
+    roots = {name: compose(entry, [*extra, f"dataset={name}"]).dataset.root
+             for name in ("mnist", "cifar10", "imagenet", "cifar10_jpg_12k")}
+    assert roots == {"mnist": str(ROOT / "data" / "mnist"), "cifar10": str(ROOT / "data" / "cifar10"),
+                     "imagenet": str(ROOT / "data" / "imagenet"),
+                     "cifar10_jpg_12k": str(ROOT.parent / "shared" / "data" / "cifar10-jpg-12k")}
+    monkeypatch.setenv("INSTA_RS_SHARED", str(tmp_path / "elsewhere"))
+    assert compose(entry, [*extra, "dataset=cifar10_jpg_12k"]).dataset.root == str(tmp_path / "elsewhere" / "data"
+                                                                                  / "cifar10-jpg-12k")
+    assert OmegaConf.is_missing(compose(entry, [*extra, "dataset=image_folder"]).dataset, "root")

@@ -1,36 +1,36 @@
 """Insta-RS Train (ALGORITHMS.md 4): the phase schedule, the update rule (by hand, and through a fake model
 whose probabilities of being right have a closed form), the table in checkpoints and on resume (a run
 interrupted in stage 2 and resumed ends like an uninterrupted one), train_sigma.pt, the loggers, refusal of a
-checkpoint from another config, and two DDP ranks (CPU, gloo) holding the table the gathered updates imply."""
+checkpoint from another config, and two DDP ranks (CPU, gloo) that draw different noise and hold the table the
+gathered updates imply."""
 
 from __future__ import annotations
 
 import math
 import re
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
 from scipy.stats import norm
 
 from conftest import ROOT, run_script
 from insta_rs import sigma_table as rules
 from insta_rs.errors import CheckpointError, ConfigError
-from insta_rs.training import SmoothingClassifier, TrainSettings
+from insta_rs.training import InstaRSSettings, SmoothingClassifier, TrainSettings, check_resumable
 
-SETTINGS = dict(method="insta_rs", sigma=0.25, sigma0=0.25, epochs=4, stage1_epochs=2, eta=0.1,
-                sigma_min=0.05, sigma_max=1.0, m_update=16)
+SETTINGS = dict(sigma=0.25, sigma0=0.25, epochs=4, stage1_epochs=2, eta=0.1, sigma_min=0.05, sigma_max=1.0,
+                m_update=16)
 
 
 def test_phase_switches_at_stage1_epochs():
-    s = TrainSettings.from_dict(SETTINGS)
+    s = InstaRSSettings(**SETTINGS)
     assert [s.phase_at(e) for e in range(4)] == ["gaussian", "gaussian", "instance", "instance"]
-    assert TrainSettings.from_dict({**SETTINGS, "stage1_epochs": 0}).phase_at(0) == "instance"
-    assert TrainSettings.from_dict({"method": "gaussian"}).phase_at(100) == "gaussian"
+    assert InstaRSSettings(**{**SETTINGS, "stage1_epochs": 0}).phase_at(0) == "instance"
+    assert TrainSettings().phase_at(100) == "gaussian"
+    assert InstaRSSettings(sigma0=0.5).sigma == 0.5  # stage 1 runs at sigma0 unless told otherwise
 
 
 @pytest.mark.parametrize("change,setting", [
@@ -45,12 +45,23 @@ def test_phase_switches_at_stage1_epochs():
     ({"m_update": 0}, "train.m_update"),
     ({"update_every": 0}, "train.update_every"),
     ({"sigma": 0.5}, "train.sigma"),                     # stage 1 runs at sigma0
-    ({"sigma_typo": 0.5}, "train.sigma_typo"),
 ])
 def test_bad_settings_are_one_line_config_errors_naming_the_setting(change, setting):
     with pytest.raises(ConfigError, match=re.escape(setting)) as error:
-        TrainSettings.from_dict({**SETTINGS, **change})
+        InstaRSSettings(**{**SETTINGS, **change})
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("override,key", [("train.sigma_typo=0.5", "sigma_typo"), ("train.m_update=many", "m_update"),
+                                          ("train.loss.lbd=2", "lbd")])
+def test_the_train_schema_rejects_unknown_keys_and_wrong_types(compose, override, key):
+    """train/base_insta_rs (the settings dataclass) is the group's schema: OmegaConf refuses at composition a
+    key it lacks (the gaussian loss has no lbd) or a value of the wrong type."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as error:
+        compose("train", ["train=insta_rs", override])
+    assert key in str(error.value) + str(error.value.__cause__)
 
 
 def test_update_rule_matches_hand_computation():
@@ -102,15 +113,16 @@ def test_update_through_a_model_of_known_probabilities():
     1 moves up, 2 moves down and shrinks (phat_y(sigma) < 1/2), 3 is always right: the largest candidate,
     clipped at sigma_max. The margins between scores are > 6 standard errors of the m = 20000 draw estimate."""
     m = 20000
-    settings = TrainSettings.from_dict({**SETTINGS, "m_update": m, "sigma0": 0.5, "sigma": 0.5})
+    settings = InstaRSSettings(**{**SETTINGS, "m_update": m, "sigma0": 0.5, "sigma": 0.5})
     module = SmoothingClassifier(KnownProbabilities(), 2, settings, num_train=10)
+    table = module.sigma_table
     idx = torch.tensor([2, 5, 7, 9])
-    module.sigma_table[9] = 0.95
+    table.sigma[9] = 0.95
     x = torch.stack([torch.zeros(4), 100.0 * torch.arange(4)], dim=1)
     y = torch.ones(4, dtype=torch.long)
     torch.manual_seed(0)
     model_training_before = module.model.training
-    module.update_sigmas(x, y, idx)
+    table.update(module.model, x, y, idx)
     assert module.model.training == model_training_before
 
     e = math.exp(0.1)
@@ -123,7 +135,7 @@ def test_update_through_a_model_of_known_probabilities():
         assert k == 3 or top[0] - top[1] > 6 * 0.5 * math.sqrt(0.25 / m) / norm.pdf(norm.ppf(0.75)), k
         new = cands[scores.argmax()] * (1 / e if p[1] < 0.5 else 1.0)
         expected.append(float(np.clip(new, 0.05, 1.0)))
-    np.testing.assert_allclose(module.sigma_table[idx].numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(table[idx].numpy(), expected, rtol=1e-5)
     assert expected[0] < 0.5 < expected[1] and expected[2] < expected[0] and expected[3] == 1.0
     # the estimator itself against the closed form (within 5 binomial standard errors)
     cands = rules.candidate_sigmas(torch.tensor([0.5, 0.5, 0.5, 0.95]), 0.1, 0.05, 1.0)
@@ -131,9 +143,9 @@ def test_update_through_a_model_of_known_probabilities():
     exact = np.stack([KnownProbabilities.p_correct(k, cands[k].numpy()) for k in range(4)])
     assert np.all(np.abs(phat - exact) <= 5 * np.sqrt(exact * (1 - exact) / m) + 1e-9)
     # unvisited rows are untouched; labels and difficulty (phat_y(sigma0) at the first visit) recorded
-    assert torch.all(module.sigma_table[[0, 1, 3]] == 0.5) and module.label_table[0] == -1
-    assert module.label_table[idx].tolist() == [1, 1, 1, 1]
-    np.testing.assert_allclose(module.difficulty[idx[:3]].numpy(), exact[:3, 1], atol=0.02)
+    assert torch.all(table[[0, 1, 3]] == 0.5) and table.label[0] == -1
+    assert table.label[idx].tolist() == [1, 1, 1, 1]
+    np.testing.assert_allclose(table.difficulty[idx[:3]].numpy(), exact[:3, 1], atol=0.02)
 
 
 class ConstantClass(torch.nn.Module):
@@ -148,19 +160,35 @@ class ConstantClass(torch.nn.Module):
 
 
 def test_always_misclassified_example_shrinks_and_correct_one_grows():
-    module = SmoothingClassifier(ConstantClass(), 2, TrainSettings.from_dict(SETTINGS), num_train=10)
+    model = ConstantClass()
+    table = InstaRSSettings(**SETTINGS).sigma_table(10)
     x = torch.rand(2, 1, 4, 4)
     y, idx = torch.tensor([1, 0]), torch.tensor([3, 7])
     for _ in range(3):
-        module.update_sigmas(x, y, idx)
+        table.update(model, x, y, idx)
     e = np.exp(0.1)
-    assert module.sigma_table[3] == pytest.approx(0.25 / e ** 6, rel=1e-5)  # two steps down per update
-    assert module.sigma_table[7] == pytest.approx(0.25 * e ** 3, rel=1e-5)  # always right: the largest sigma
-    assert module.label_table[3] == 1 and module.label_table[7] == 0 and module.label_table[0] == -1
-    assert module.difficulty[3] == 0.0 and module.difficulty[7] == 1.0  # the first estimate at sigma0
+    assert table[3] == pytest.approx(0.25 / e ** 6, rel=1e-5)  # two steps down per update
+    assert table[7] == pytest.approx(0.25 * e ** 3, rel=1e-5)  # always right: the largest sigma
+    assert table.label[3] == 1 and table.label[7] == 0 and table.label[0] == -1
+    assert table.difficulty[3] == 0.0 and table.difficulty[7] == 1.0  # the first estimate at sigma0
     for _ in range(40):
-        module.update_sigmas(x, y, idx)
-    assert module.sigma_table[3] == pytest.approx(0.05) and module.sigma_table[7] == pytest.approx(1.0)  # clipped
+        table.update(model, x, y, idx)
+    assert table[3] == pytest.approx(0.05) and table[7] == pytest.approx(1.0)  # clipped
+
+
+def test_update_every_k_th_step_and_table_state_round_trip():
+    """update_every=2: steps 0, 2, 4 update their batch, steps 1, 3 do not; state_dict/load_state_dict carry
+    the tensors and the step counter, and refuse a table of another length."""
+    table = InstaRSSettings(**{**SETTINGS, "update_every": 2}).sigma_table(10)
+    x, y = torch.rand(1, 1, 4, 4), torch.tensor([1])
+    for step in range(5):
+        table.step(ConstantClass(), x, y, torch.tensor([step]))
+    assert table.label.tolist()[:5] == [1, -1, 1, -1, 1] and table.visits == 5
+    copy = InstaRSSettings(**SETTINGS).sigma_table(10)
+    copy.load_state_dict(table.state_dict())
+    assert torch.equal(copy.sigma, table.sigma) and torch.equal(copy.label, table.label) and copy.visits == 5
+    with pytest.raises(ValueError):
+        InstaRSSettings(**SETTINGS).sigma_table(11).load_state_dict(table.state_dict())
 
 
 def test_duplicate_indices_keep_the_lowest_ranks_value():
@@ -174,16 +202,21 @@ def test_stage2_step_trains_each_example_at_its_own_sigma_with_any_loss(compose,
     then hands the loss exactly the table's per-row sigmas."""
     from hydra.utils import instantiate
 
+    from insta_rs import losses
+
     cfg = compose("train", ["train=insta_rs", f"train/loss={loss}", "dataset=synthetic", "train.stage1_epochs=0",
                             "train.m_update=4"])
-    assert cfg.train.loss.name == loss
-    settings = TrainSettings.from_dict(OmegaConf.to_container(cfg.train, resolve=True))
+    settings = instantiate(cfg.train, _convert_="all")
+    assert isinstance(settings, InstaRSSettings)
+    assert type(settings.loss) is {"gaussian": losses.GaussianAugmentation, "consistency": losses.ConsistencyLoss,
+                                   "macer": losses.MacerLoss}[loss]
     source = instantiate(cfg.dataset)
     info = source.info
     model = instantiate(cfg.model, num_classes=info.num_classes, input_shape=tuple(info.input_shape),
                         mean=tuple(info.mean), std=tuple(info.std))
     module = SmoothingClassifier(model, info.num_classes, settings, num_train=len(source.split("train")))
-    module.sigma_table[:] = torch.linspace(0.1, 0.9, len(module.sigma_table))
+    table = module.sigma_table
+    table.sigma[:] = torch.linspace(0.1, 0.9, len(table))
     seen = {}
 
     class Recording(torch.nn.Module):
@@ -200,9 +233,9 @@ def test_stage2_step_trains_each_example_at_its_own_sigma_with_any_loss(compose,
     idx = torch.tensor([0, 17, 40, 99, 100, 255])
     loss_value = module.training_step((x, y, idx), 0)
     assert torch.isfinite(loss_value)
-    assert module.label_table[idx].tolist() == y.tolist()  # updated before the step
-    torch.testing.assert_close(seen["sigma"], module.sigma_table[idx])
-    assert not torch.allclose(module.sigma_table[idx], torch.linspace(0.1, 0.9, 256)[idx])
+    assert table.label[idx].tolist() == y.tolist()  # updated before the step
+    torch.testing.assert_close(seen["sigma"], table[idx])
+    assert not torch.allclose(table[idx], torch.linspace(0.1, 0.9, 256)[idx])
 
 
 # ------------------------------------------------------------------ the real train.py ---------------------------
@@ -250,8 +283,8 @@ def test_train_sigma_export(runs):
     from insta_rs.data import Synthetic
 
     exported = torch.load(runs["full"] / "train_sigma.pt", weights_only=False)
-    assert {"idx", "sigma", "label", "levels_hint", "config"} <= set(exported)
-    assert exported["levels_hint"] is None and exported["config"]["train"]["method"] == "insta_rs"
+    assert {"idx", "sigma", "label", "difficulty", "config"} <= set(exported)
+    assert exported["config"]["train"]["_target_"] == "insta_rs.training.InstaRSSettings"
     assert exported["idx"].dtype == torch.long and exported["label"].dtype == torch.long
     assert exported["sigma"].dtype == torch.float32
     assert exported["idx"].tolist() == list(range(256))
@@ -287,26 +320,19 @@ def test_loggers_wandb_csv_and_none(runs):
     assert q["sigma_table/at_max"] == pytest.approx(float((table >= 1.0 - 1e-6).double().mean()))
 
 
-def _load_train_module():
-    sys.path.insert(0, str(ROOT))
-    try:
-        import train
-    finally:
-        sys.path.remove(str(ROOT))
-    return train
-
-
 def test_resume_check_allows_more_epochs_and_names_the_first_difference(runs):
-    train = _load_train_module()
     ckpt = str(runs["part"] / "checkpoints" / "last.ckpt")
     config = torch.load(ckpt, weights_only=False)["insta_rs"]["config"]
-    train.check_resumable(ckpt, {**config, "train": {**config["train"], "epochs": 8}}, 3)  # epochs may differ
+    check_resumable(ckpt, {**config, "train": {**config["train"], "epochs": 8}}, 3)  # epochs may differ
     with pytest.raises(CheckpointError, match=r"model\.width=32.*this run has model\.width=8"):
-        train.check_resumable(ckpt, {**config, "model": {**config["model"], "width": 8}}, 3)
+        check_resumable(ckpt, {**config, "model": {**config["model"], "width": 8}}, 3)
     with pytest.raises(CheckpointError, match=r"train\.eta=0\.1.*this run has train\.eta=0\.2"):
-        train.check_resumable(ckpt, {**config, "train": {**config["train"], "eta": 0.2}}, 3)
+        check_resumable(ckpt, {**config, "train": {**config["train"], "eta": 0.2}}, 3)
+    loss = {"_target_": "insta_rs.losses.MacerLoss"}
+    with pytest.raises(CheckpointError, match=r"train\.loss\._target_=.*GaussianAugmentation.*MacerLoss"):
+        check_resumable(ckpt, {**config, "train": {**config["train"], "loss": loss}}, 3)
     with pytest.raises(CheckpointError, match="3 classes.*has 4"):
-        train.check_resumable(ckpt, config, 4)
+        check_resumable(ckpt, config, 4)
 
 
 def test_resume_from_another_model_is_refused_in_one_line(runs):
@@ -323,25 +349,43 @@ def test_resume_from_another_model_is_refused_in_one_line(runs):
 
 class RecordSigmaUpdates(pl.Callback):
     """Test helper (used by the DDP test through +callbacks.record._target_): each rank records its own
-    (idx, new sigma) of every update, before the gather, and saves them with its final table."""
+    (idx, new sigma) of every update, before the gather, and the standard-normal draws of every training
+    step's loss (the Gaussian loss's e, drawn first by it: peeked from the RNG, which is then put back); it
+    saves them with its final table."""
 
-    def on_fit_start(self, trainer, pl_module):
-        pl_module.recorded_updates = []
+    def on_train_start(self, trainer, pl_module):
+        self.updates, self.noise = [], []
+        table, loss = pl_module.sigma_table, pl_module.loss
+        propose = table.propose
+
+        def recording_propose(*args):
+            proposal = propose(*args)
+            self.updates.append({"idx": proposal[0].cpu(), "sigma": proposal[1].cpu()})
+            return proposal
+
+        def recording_loss(model, x, y, sigma):
+            state = torch.get_rng_state()
+            self.noise.append(torch.randn_like(x).cpu())
+            torch.set_rng_state(state)
+            return loss(model, x, y, sigma)
+
+        table.propose, pl_module.loss = recording_propose, recording_loss
 
     def on_train_end(self, trainer, pl_module):
         import os
         from pathlib import Path
 
-        torch.save({"updates": pl_module.recorded_updates, "sigma": pl_module.sigma_table.cpu(),
-                    "label": pl_module.label_table.cpu()},
+        table = pl_module.sigma_table
+        torch.save({"updates": self.updates, "noise": self.noise, "sigma": table.sigma.cpu(), "label": table.label.cpu()},
                    Path(os.environ["INSTA_RS_RUN_DIR"]) / f"table_rank{trainer.global_rank}.pt")
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_ranks_hold_the_table_the_gathered_updates_imply(tmp_path, monkeypatch):
+def test_ddp_two_cpu_ranks_draw_their_own_noise_and_hold_the_table_the_gathered_updates_imply(tmp_path, monkeypatch):
     """31 examples on 2 ranks: the distributed sampler pads to 32, so each epoch one example is visited by
-    both ranks in the same step. Replaying both ranks' own updates in rank order, the lowest rank's value
-    winning a duplicate, must give exactly the table that each rank holds."""
+    both ranks in the same step (one shared shuffle). In every step the two ranks draw different noise.
+    Replaying both ranks' own updates in rank order, the lowest rank's value winning a duplicate, must give
+    exactly the table that each rank holds."""
     run_dir = tmp_path / "ddp"
     monkeypatch.setenv("PYTHONPATH", f"{ROOT / 'tests'}:{ROOT}")
     run_script("train.py", f"hydra.run.dir={run_dir}", "train=insta_rs", "dataset=synthetic", "trainer=ddp_sim",
@@ -349,6 +393,10 @@ def test_ddp_two_cpu_ranks_hold_the_table_the_gathered_updates_imply(tmp_path, m
                "train.batch_size=16", "logger=csv", "+callbacks.record._target_=test_insta_train.RecordSigmaUpdates",
                timeout=110)
     ranks = [torch.load(run_dir / f"table_rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert len(ranks[0]["noise"]) == len(ranks[1]["noise"]) == 4  # one step per rank and epoch
+    for mine, theirs in zip(ranks[0]["noise"], ranks[1]["noise"]):
+        assert mine.shape == theirs.shape == (16, 1, 8, 8)
+        assert (mine - theirs).abs().min() > 0, "the two ranks drew the same noise"
     assert len(ranks[0]["updates"]) == len(ranks[1]["updates"]) == 3  # one step per rank in each stage-2 epoch
     table = torch.full((31,), 0.25)
     duplicates = 0

@@ -14,15 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
 from scipy.special import log_softmax, logsumexp, softmax
 from scipy.stats import norm
 from torch import nn
 
 from conftest import CONF, run_script
 from insta_rs.errors import ConfigError
-from insta_rs.losses import (LOSSES, ConsistencyLoss, GaussianAugmentation, MacerLoss, build_loss,
-                             consistency_objective, draw_noise, macer_objective)
+from insta_rs.losses import (ConsistencyLoss, GaussianAugmentation, MacerLoss, consistency_objective, draw_noise,
+                             macer_objective)
+
+LOSSES = {"gaussian": GaussianAugmentation, "consistency": ConsistencyLoss, "macer": MacerLoss}  # train/loss=<name>
 
 B, C, SHAPE = 5, 4, (1, 2, 3)  # 5 inputs of 1x2x3 pixels, 4 classes
 D = int(np.prod(SHAPE))
@@ -185,7 +186,7 @@ def test_macer_hinge_is_off_beyond_gamma_and_gradients_stay_finite():
 
 @pytest.mark.parametrize("name", ["consistency", "macer"])
 def test_default_noise_is_torch_randn_scaled_per_row(batch, name):
-    loss = build_loss(name, **({"m": 3} if name == "consistency" else {"k": 3}))
+    loss = ConsistencyLoss(m=3) if name == "consistency" else MacerLoss(k=3)
     args = torch_args(batch)
     torch.manual_seed(123)
     drawn = loss(*args)
@@ -219,23 +220,52 @@ def test_gaussian_augmentation_is_one_noisy_cross_entropy(batch):
     ("macer", {"eps": 1e-3}, "train.loss.eps"),     # 2 PhiInv(1 - 1e-3) = 6.2 < gamma = 8
     ("macer", {"eps": 1e-9}, "train.loss.eps"),     # 1 - 1e-9 is 1 in float32
     ("macer", {"lbd": "a"}, "train.loss.lbd"),
-    ("macer", {"alpha": 1}, "train.loss"),
-    ("focal", {}, "train.loss.name"),
 ])
 def test_bad_loss_settings_are_one_line_config_errors(name, params, setting):
     with pytest.raises(ConfigError) as err:
-        build_loss(name, **params)
+        LOSSES[name](**params)
     assert setting in str(err.value) and "\n" not in str(err.value)
 
 
-def test_loss_configs_build_their_losses_with_the_documented_defaults():
+def test_bad_loss_settings_through_the_config_are_one_line_config_errors(compose):
+    """A range error comes out of Hydra's instantiate as the loss's own one-line ConfigError (what train.py
+    prints); an unknown loss option is refused by the train/loss schema at composition."""
+    from hydra.errors import ConfigCompositionException
+    from hydra.utils import instantiate
+
+    from insta_rs.cli import user_error_cause
+
+    cfg = compose("train", ["train=macer", "train.loss.eps=1e-3"])
+    with pytest.raises(Exception) as err:
+        instantiate(cfg.train, _convert_="all")
+    cause = user_error_cause(err.value)
+    assert isinstance(cause, ConfigError) and "train.loss.eps" in str(cause) and "\n" not in str(cause)
+    with pytest.raises(ConfigCompositionException) as err:
+        compose("train", ["train=macer", "train.loss.alpha=1"])
+    assert "alpha" in str(err.value) + str(err.value.__cause__)
+
+
+def test_an_unknown_loss_is_one_line_naming_the_choices(capsys):
+    from insta_rs.cli import check_group_choices
+
+    with pytest.raises(SystemExit) as exit_:
+        check_group_choices(["train/loss=focal"], CONF)
+    line = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in line and "focal" in line and "consistency, gaussian, macer" in line
+
+
+def test_loss_configs_build_their_losses_with_the_documented_defaults(compose):
+    """Each train/loss choice builds its loss through _target_, with the papers' defaults (Jeong & Shin:
+    m = 2, lambda = 10, eta = 0.5; MACER on CIFAR-10: k = 16, lambda = 12, gamma = 8, beta = 16)."""
+    from hydra.utils import instantiate
+
     expected = {"gaussian": (GaussianAugmentation, {}),
                 "consistency": (ConsistencyLoss, {"m": 2, "lbd": 10.0, "eta": 0.5}),
                 "macer": (MacerLoss, {"k": 16, "lbd": 12.0, "gamma": 8.0, "beta": 16.0})}
     assert sorted(p.stem for p in (CONF / "train" / "loss").glob("*.yaml")) == sorted(LOSSES) == sorted(expected)
     for name, (cls, values) in expected.items():
-        loss = build_loss(**OmegaConf.to_container(OmegaConf.load(CONF / "train" / "loss" / f"{name}.yaml")))
-        assert isinstance(loss, cls)
+        loss = instantiate(compose("train", [f"train/loss={name}"]).train.loss)
+        assert type(loss) is cls
         assert {key: getattr(loss, key) for key in values} == values
 
 
@@ -248,26 +278,35 @@ def schedules() -> list[str]:
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_every_schedule_combines_with_every_loss(compose, schedule, loss, batch):
     """`train=<schedule> train/loss=<loss>` composes and the module trains with that loss on per-row sigmas."""
-    from insta_rs.training import SmoothingClassifier, TrainSettings
+    from hydra.utils import instantiate
+
+    from insta_rs.training import SmoothingClassifier
 
     cfg = compose("train", [f"train={schedule}", f"train/loss={loss}", "dataset=synthetic"])
-    assert cfg.train.loss.name == loss
-    settings = TrainSettings.from_dict(OmegaConf.to_container(cfg.train, resolve=True))
+    settings = instantiate(cfg.train, _convert_="all")
     module = SmoothingClassifier(batch["model"], C, settings, num_train=B)
-    assert isinstance(module.loss, LOSSES[loss])
+    assert type(module.loss) is LOSSES[loss]
     out = module.loss(*torch_args(batch))
     out.loss.backward()
     assert torch.isfinite(out.loss) and out.logits.shape == (B, C)
 
 
-@pytest.mark.parametrize("train", ["consistency", "macer"])
-def test_training_runs_a_few_steps_on_digits(train, tmp_path):
+@pytest.mark.parametrize("train,parts", [("consistency", ["ce", "consistency", "entropy"]),
+                                         ("macer", ["ce", "radius", "hinge_fraction"])])
+def test_training_runs_a_few_steps_on_digits(train, parts, tmp_path):
+    """A few steps of train.py with the loss; its parts are logged beside it, and make it up: for consistency
+    loss = ce + lbd * consistency + eta * entropy (per batch, so also for the batch-weighted epoch means)."""
     run_script("train.py", f"train={train}", "debug=fast", f"hydra.run.dir={tmp_path}", "train.loss.lbd=2.0",
                "trainer.limit_train_batches=4")
     metrics = pd.read_csv(tmp_path / "csv" / "metrics.csv")
     losses = metrics["train/loss"].dropna()
     assert len(losses) == 1 and np.isfinite(losses).all()
     assert metrics["val/acc_noisy"].notna().sum() == 1
+    row = metrics.dropna(subset=["train/loss"]).iloc[0]
+    assert all(np.isfinite(row[f"train/loss/{part}"]) for part in parts)
+    if train == "consistency":
+        total = row["train/loss/ce"] + 2.0 * row["train/loss/consistency"] + 0.5 * row["train/loss/entropy"]
+        assert row["train/loss"] == pytest.approx(total, rel=1e-5)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["insta_rs"]["config"]["train"]["loss"]["name"] == train
+    assert ckpt["insta_rs"]["config"]["train"]["loss"]["_target_"] == f"insta_rs.losses.{LOSSES[train].__name__}"
     assert ckpt["insta_rs"]["config"]["train"]["loss"]["lbd"] == 2.0
