@@ -39,7 +39,7 @@ def main(cfg: DictConfig) -> float | None:
     dataset = cli.resolved(cfg.get("dataset"))
     trained = load_run(cfg.ckpt_path, source=None if dataset is None else instantiate(dataset), source_spec=dataset)
     spec = cli.method_spec(cfg.sigma_search, trained)
-    method = instantiate(spec, _convert_="all")
+    method = cli.build_group(spec, "sigma_search", _convert_="all")
     result = run(trained, method, spec, settings, seed=cfg.seed, run_dir=run_dir,
                  make_trainer=cli.certification_trainer(cfg.trainer, run_dir), wandb=cli.wandb_settings(cfg))
     return None if result is None else result.summary["acr"]  # None on DDP ranks other than 0
