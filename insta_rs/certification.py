@@ -243,9 +243,12 @@ def run(trained: TrainedRun, method: SigmaMethod, method_spec: dict, settings: C
     if wandb is not None and wandb.mode != "disabled":
         from .tracking import log_certification_to_wandb
 
+        # the trained run's data set, model and training settings, so a dashboard can group certify runs by them
+        config = {**(wandb.config or {}), "trained": {key: trained.config.get(key) for key in ("dataset", "model", "train")}}
         log_certification_to_wandb(run_dir, summary, analysis.certified_accuracy_curve(rows),
-                                   rows["sigma"].astype(float).tolist(), wandb.config or {}, mode=wandb.mode,
-                                   project=wandb.project, group=wandb.group)
+                                   rows["sigma"].astype(float).tolist(), config, mode=wandb.mode,
+                                   project=wandb.project, group=wandb.group,
+                                   name=f"certify/{method.name}/{run_dir.parent.name}/{run_dir.name}")
     return CertificationResult(rows, summary, table, tsv_path)
 
 

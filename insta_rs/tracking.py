@@ -39,5 +39,10 @@ def log_certification_to_wandb(run_dir: str | Path, summary: dict, curve: tuple[
             scalars["cert/sigma_hist"] = wandb.Histogram(finite)
         run.log(scalars)
         run.summary.update({k: v for k, v in scalars.items() if isinstance(v, (int, float))})
+        tsv = Path(run_dir) / "certify.tsv"
+        if tsv.is_file():  # the rows themselves, versioned with the run
+            artifact = wandb.Artifact(f"certify-{run.id}", type="certification")
+            artifact.add_file(str(tsv))
+            run.log_artifact(artifact)
     finally:
         run.finish()
