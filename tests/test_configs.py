@@ -16,12 +16,6 @@ def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["dataset", "model", "train", "trainer", "logger", "callbacks", "experiment",
-                                   "debug", "certify", "sigma_search"])
-def test_group_has_choices(group):
-    assert choices(group), f"conf/{group} is empty"
-
-
 @pytest.mark.parametrize("train", [t for t in choices("train") if t != "selector"])  # selector: test_selector.py
 def test_train_configs_compose_and_build_a_module(compose, train):
     cfg = compose("train", [f"train={train}", "dataset=synthetic", "model=small_cnn"])
@@ -76,18 +70,55 @@ def test_callbacks_instantiate(compose, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("certify", choices("certify"))
+def test_certify_configs_build_their_settings(compose, certify):
+    from insta_rs.certification import CertifySettings
+    from insta_rs.cli import settings
+
+    built = settings(CertifySettings, compose("certify", ["ckpt_path=x.ckpt", f"certify={certify}"]).certify, "certify")
+    assert isinstance(built, CertifySettings) and built.n0 <= built.n
+
+
+def test_certify_default_is_cohen_protocol_and_the_yaml_adds_nothing(compose):
+    """INTERFACE.md: the default is n0 = 100, n = 100,000, alpha = 0.001, and it lives in the dataclass."""
+    from insta_rs.certification import CertifySettings
+    from insta_rs.cli import settings
+
+    built = settings(CertifySettings, compose("certify", ["ckpt_path=x.ckpt"]).certify, "certify")
+    assert built == CertifySettings() and (built.n0, built.n, built.alpha) == (100, 100_000, 0.001)
+
+
 @pytest.mark.parametrize("search", choices("sigma_search"))
-def test_certify_configs_compose(compose, certify, search):
-    cfg = compose("certify", ["ckpt_path=x.ckpt", f"certify={certify}", f"sigma_search={search}"])
-    assert 0 < cfg.certify.alpha < 1 and cfg.certify.n >= 1
-    assert cfg.sigma_search._target_.startswith("insta_rs.search.")
+def test_every_sigma_search_config_instantiates(compose, search):
+    from insta_rs.cli import build_group, resolved
+    from insta_rs.search.base import SigmaMethod
+
+    overrides = {"fixed": ["sigma_search.sigma=0.25"], "selector": ["sigma_search.ckpt_path=selector.pt"]}
+    cfg = compose("certify", ["ckpt_path=x.ckpt", f"sigma_search={search}", *overrides.get(search, [])])
+    method = build_group(resolved(cfg.sigma_search), "sigma_search", _convert_="all")
+    assert isinstance(method, SigmaMethod) and method.guarantee in ("sound", "instance")
 
 
-def test_certify_defaults_are_cohen_protocol(compose):
-    cfg = compose("certify", ["ckpt_path=x.ckpt"])
-    assert (cfg.certify.n0, cfg.certify.n, cfg.certify.alpha) == (100, 100_000, 0.001)
+@pytest.mark.parametrize("model", choices("model"))
+def test_every_model_config_instantiates_and_predicts(compose, model):
+    cfg = compose("train", [f"model={model}"])
+    shape = (3, 32, 32) if model != "small_cnn" else (1, 8, 8)
+    net = instantiate(cfg.model, num_classes=10, input_shape=shape, mean=(0.5,) * shape[0], std=(0.25,) * shape[0])
+    assert net.eval()(torch.rand(2, *shape)).shape == (2, 10)
 
 
-def test_fixed_sigma_instantiates(compose):
-    cfg = compose("certify", ["ckpt_path=x.ckpt", "sigma_search.sigma=0.5"])
-    assert instantiate(cfg.sigma_search).sigma == 0.5
+@pytest.mark.parametrize("experiment", [e for e in choices("experiment") if "certify" in e])
+def test_certify_experiments_compose_and_build(compose, experiment):
+    from insta_rs.certification import CertifySettings
+    from insta_rs.cli import settings
+
+    cfg = compose("certify", ["ckpt_path=x.ckpt", f"experiment={experiment}"])
+    assert isinstance(settings(CertifySettings, cfg.certify, "certify"), CertifySettings)
+
+
+def test_bad_override_is_refused_by_the_schema(compose):
+    from omegaconf.errors import ConfigKeyError, ValidationError
+    from hydra.errors import ConfigCompositionException
+
+    for override in ("certify.n=abc", "certify.unknown_key=1"):
+        with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError)):
+            compose("certify", ["ckpt_path=x.ckpt", override])
