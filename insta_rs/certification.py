@@ -152,9 +152,12 @@ class Certifier:
 
     @property
     def rows_per_group(self) -> int:
-        """How many inputs share forward passes: as many as fit one batch of draws (at least one)."""
+        """How many inputs share forward passes: as many as fit one batch of draws (at least one); with
+        sequential sampling, as many as fill one batch at a look."""
         if not self.method.batches_rows:
             return 1
+        if self.smooth.sequential is not None:  # a look draws `first` more per running input: fill a batch
+            return max(1, self.smooth.batch_size // min(self.smooth.sequential.first, self.n))
         return max(1, self.smooth.batch_size // (self.n0 + self.n))
 
     def rows(self, xs: Sequence[torch.Tensor], labels: Sequence[int], indices: Sequence[int]) -> list[dict]:
