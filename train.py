@@ -17,8 +17,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from insta_rs.cli import (check_group_choices, pinned_sweep_dir, register_configs, run_hydra, share_sweep_dir_with_ranks,
-                          user_errors)
+from insta_rs.cli import settings as cli_settings
+from insta_rs.cli import (build_group, check_group_choices, pinned_sweep_dir, register_configs, resolved, run_hydra,
+                          share_sweep_dir_with_ranks, user_errors)
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -50,7 +51,7 @@ def train(cfg: DictConfig) -> float | None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("selector") is not None:  # train=selector: fit a sigma selector for base_ckpt
         return train_selector(cfg, run_dir)
-    settings = instantiate(cfg.train, _convert_="all")
+    settings = build_group(resolved(cfg.train), "train", _convert_="all")
     source = instantiate(cfg.dataset)
     info = source.info
     model = instantiate(cfg.model, num_classes=info.num_classes, input_shape=tuple(info.input_shape),
@@ -81,7 +82,7 @@ def train_selector(cfg: DictConfig, run_dir: Path) -> None:
         raise ConfigError("base_ckpt=null: name the checkpoint of a train=insta_rs run, e.g. "
                           "base_ckpt=outputs/train/<date>/<time>/checkpoints/last.ckpt")
     config = OmegaConf.to_container(cfg, resolve=True)
-    settings = SelectorSettings.from_dict(config["selector"])
+    settings = cli_settings(SelectorSettings, config["selector"], "selector")
     base_ckpt = Path(str(cfg.base_ckpt)).expanduser()
     if not base_ckpt.is_file():
         raise CheckpointError(f"base_ckpt={str(base_ckpt)!r} does not exist: give the base run's checkpoint "

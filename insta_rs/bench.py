@@ -182,69 +182,112 @@ def search_ceiling(model, shape, batch_sizes, formats, device, autocast_dtype, c
 # -- bench certify -----------------------------------------------------------------------------------------
 
 def bench_certify(args) -> dict:
+    """Rates (a), (a1), (b) and (c) of the module docstring for one model; prints them, their ratios and where
+    the time of (a) goes, ends with the ``name=value`` line, and returns its pairs."""
     device = torch.device(args.device)
     autocast_dtype = autocast_dtype_of(None if args.autocast == "none" else args.autocast)
     model, shape = build_model(args.model, args.quick, args.seed)
     model = model.to(device)
-    num_classes = model.num_classes
     inputs = random_inputs(max(args.rows, args.repeats + 1), shape, args.seed)
-    draws_per_row = args.n0 + args.n
     formats = {"auto": (False, True), "on": (True,), "off": (False,)}[args.channels_last]
+    _print_certify_header(args, model, shape, device)
+    batch_size, channels_last = _best_forward(args, model, shape, formats, device, autocast_dtype)
+    paths = _CertifyPaths(args, model, shape, inputs, device, autocast_dtype, batch_size, channels_last)
+    paths.warm_up()
+    samples = _certify_samples(paths, args, device)
+    rate = {key: statistics.median(values) for key, values in samples.items()}
+    share = _phase_shares(paths, device)
+    _print_certify_table(args, rate, samples, share, batch_size, channels_last)
+    pairs = _certify_pairs(args, rate, share, batch_size, channels_last)
+    print(format_pairs(pairs), flush=True)
+    return pairs
+
+
+def _print_certify_header(args, model, shape, device) -> None:
     print(f"bench certify: model={args.model}{' (quick: tiny)' if args.quick else ''} input={shape} "
           f"params={count_parameters(model)} n0={args.n0} n={args.n} rows={args.rows} sigma={args.sigma} "
           f"threads={torch.get_num_threads()} device={device} autocast={args.autocast} compile={args.compile} "
           f"torch={torch.__version__}", flush=True)
 
+
+def _best_forward(args, model, shape, formats, device, autocast_dtype) -> tuple[int, bool]:
+    """The (batch size, channels_last) of the fastest forward pass (``search_ceiling``), printed with every rate."""
     rates, best = search_ceiling(model, shape, args.batch_sizes, formats, device, autocast_dtype, args.compile,
                                  calls=max(2, args.repeats), draws=2 * max(args.batch_sizes))
     print("forward ceiling search (draws/s): " + "  ".join(
         f"bs={bs}{' cl' if cl else ''}={rate:,.0f}" for (bs, cl), rate in rates.items()), flush=True)
     batch_size, channels_last = best
     print(f"best: batch_size={batch_size} channels_last={channels_last}", flush=True)
+    return batch_size, channels_last
 
-    naive_model = copy.deepcopy(model)  # float32, NCHW, eager: the reference code's setting
-    smooth = Smooth(copy.deepcopy(model), num_classes, batch_size=batch_size, device=device,
-                    autocast_dtype=autocast_dtype, channels_last=channels_last, compile=args.compile)
-    ceiling_model = _prepare(model, channels_last, args.compile).to(device)
-    ceiling_batch = torch.rand((batch_size, *shape), device=device)
-    if channels_last:
-        ceiling_batch = ceiling_batch.contiguous(memory_format=torch.channels_last)
-    rows = inputs[: args.rows]
-    sigma, alpha = args.sigma, args.alpha
 
-    def run_a():
-        smooth.certify_batch(rows, sigma, args.n0, args.n, alpha,
-                             [row_generator(args.seed, i, device) for i in range(args.rows)])
+class _CertifyPaths:
+    """The measured paths of ``bench certify``: (a) ``Smooth.certify_batch`` of the first ``--rows`` inputs,
+    (a1) ``Smooth.certify`` of one input, (b) ``naive_certify`` of one input, (c) the forward pass alone."""
 
-    def run_a1(i):
-        smooth.certify(inputs[i], sigma, args.n0, args.n, alpha, row_generator(args.seed, i, device))
+    def __init__(self, args, model, shape, inputs, device, autocast_dtype, batch_size: int, channels_last: bool):
+        self.args, self.inputs, self.device, self.autocast_dtype = args, inputs, device, autocast_dtype
+        self.batch_size, self.num_classes = batch_size, model.num_classes
+        self.naive_model = copy.deepcopy(model)  # float32, NCHW, eager: the reference code's setting
+        self.smooth = Smooth(copy.deepcopy(model), model.num_classes, batch_size=batch_size, device=device,
+                             autocast_dtype=autocast_dtype, channels_last=channels_last, compile=args.compile)
+        self.ceiling_model = _prepare(model, channels_last, args.compile).to(device)
+        self.ceiling_batch = torch.rand((batch_size, *shape), device=device)
+        if channels_last:
+            self.ceiling_batch = self.ceiling_batch.contiguous(memory_format=torch.channels_last)
+        self.rows = inputs[: args.rows]
 
-    def run_b(i):
-        naive_certify(naive_model, inputs[i], sigma, args.n0, args.n, alpha, num_classes, device)
+    def run_a(self, n: int | None = None) -> None:
+        args = self.args
+        self.smooth.certify_batch(self.rows, args.sigma, args.n0, args.n if n is None else n, args.alpha,
+                                  [row_generator(args.seed, i, self.device) for i in range(args.rows)])
 
-    # warm-up: every path once on a short run
-    warm_n = min(args.n, 2 * batch_size)
-    smooth.certify_batch(rows, sigma, args.n0, warm_n, alpha, [row_generator(args.seed, i, device) for i in range(args.rows)])
-    naive_certify(naive_model, inputs[0], sigma, args.n0, min(args.n, NAIVE_BATCH), alpha, num_classes, device)
-    forward_rate(ceiling_model, ceiling_batch, device, autocast_dtype, draws=1)
+    def run_a1(self, i: int) -> None:
+        args = self.args
+        self.smooth.certify(self.inputs[i], args.sigma, args.n0, args.n, args.alpha,
+                            row_generator(args.seed, i, self.device))
 
+    def run_b(self, i: int, n: int | None = None) -> None:
+        args = self.args
+        naive_certify(self.naive_model, self.inputs[i], args.sigma, args.n0, args.n if n is None else n, args.alpha,
+                      self.num_classes, self.device)
+
+    def rate_c(self, draws: int) -> float:
+        return forward_rate(self.ceiling_model, self.ceiling_batch, self.device, self.autocast_dtype, draws)
+
+    def warm_up(self) -> None:
+        """Every path once on a short run."""
+        self.run_a(n=min(self.args.n, 2 * self.batch_size))
+        self.run_b(0, n=min(self.args.n, NAIVE_BATCH))
+        self.rate_c(draws=1)
+
+
+def _certify_samples(paths: _CertifyPaths, args, device) -> dict[str, list[float]]:
+    """{path: draws/s of each of the ``--repeats`` rounds}, the paths interleaved within each round."""
+    draws_per_row = args.n0 + args.n
     samples = {"a": [], "a1": [], "b": [], "c": []}
     for round_ in range(args.repeats):
-        i = round_ % len(inputs)
-        samples["b"].append(draws_per_row / timed(lambda: run_b(i), device))
-        samples["a"].append(args.rows * draws_per_row / timed(run_a, device))
-        samples["a1"].append(draws_per_row / timed(lambda: run_a1(i), device))
-        samples["c"].append(forward_rate(ceiling_model, ceiling_batch, device, autocast_dtype, draws_per_row))
-    rate = {key: statistics.median(values) for key, values in samples.items()}
+        i = round_ % len(paths.inputs)
+        samples["b"].append(draws_per_row / timed(lambda: paths.run_b(i), device))
+        samples["a"].append(args.rows * draws_per_row / timed(paths.run_a, device))
+        samples["a1"].append(draws_per_row / timed(lambda: paths.run_a1(i), device))
+        samples["c"].append(paths.rate_c(draws_per_row))
+    return samples
 
-    # where the time of (a) goes (one more run, timed per phase; not part of the rates above)
+
+def _phase_shares(paths: _CertifyPaths, device) -> dict[str, float]:
+    """Where the time of (a) goes: {phase: fraction of one more run of (a)}, timed per phase (not part of
+    the rates), the rest as ``other``."""
+    smooth = paths.smooth
     smooth.phase_seconds = {}
-    total = timed(run_a, device)
+    total = timed(paths.run_a, device)
     phases = dict(smooth.phase_seconds)
     smooth.phase_seconds = None
     phases["other"] = max(total - sum(phases.values()), 0.0)
-    share = {key: value / total for key, value in phases.items()}
+    return {key: value / total for key, value in phases.items()}
 
+
+def _print_certify_table(args, rate: dict, samples: dict, share: dict, batch_size: int, channels_last: bool) -> None:
     a, a1, b, c = rate["a"], rate["a1"], rate["b"], rate["c"]
     print()
     print(f"{'':34s}{'draws/s':>12s}{'vs naive (x/b)':>16s}{'of forward (x/c)':>18s}")
@@ -259,7 +302,11 @@ def bench_certify(args) -> dict:
     print("samples (draws/s): " + "  ".join(f"{k}=[{', '.join(f'{v:,.0f}' for v in vals)}]"
                                            for k, vals in samples.items()))
     print("time of (a) by phase: " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in share.items()))
-    pairs = {
+
+
+def _certify_pairs(args, rate: dict, share: dict, batch_size: int, channels_last: bool) -> dict:
+    a, a1, b, c = rate["a"], rate["a1"], rate["b"], rate["c"]
+    return {
         "speedup_vs_naive": a / b,
         "fraction_of_forward": a / c,
         "speedup_single_row": a1 / b,
@@ -269,8 +316,6 @@ def bench_certify(args) -> dict:
         "noise_share": share.get("noise", 0.0), "forward_share": share.get("forward", 0.0),
         "model": args.model, "n": args.n, "threads": torch.get_num_threads(),
     }
-    print(format_pairs(pairs), flush=True)
-    return pairs
 
 
 # -- bench certify --ranks R ---------------------------------------------------------------------------

@@ -72,32 +72,32 @@ class CertifySettings:
 
     def __post_init__(self) -> None:
         check_certify_settings(1.0, self.n0, self.n, self.alpha)
-        check(self.n0 <= self.n, "certify.n0", self.n0, f"at most certify.n ({self.n}): the n0 draws only pick the "
+        check(self.n0 <= self.n, "n0", self.n0, f"at most certify.n ({self.n}): the n0 draws only pick the "
               "class that the n draws then bound")
-        check(_is_int(self.batch_size) and self.batch_size >= 1, "certify.batch_size", self.batch_size,
+        check(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", self.batch_size,
               "an integer >= 1")
-        check(self.split in ("test", "val"), "certify.split", self.split, "test or val")
-        check(_is_int(self.skip) and self.skip >= 1, "certify.skip", self.skip, "an integer >= 1")
-        check(self.max is None or (_is_int(self.max) and self.max >= 1), "certify.max", self.max,
+        check(self.split in ("test", "val"), "split", self.split, "test or val")
+        check(_is_int(self.skip) and self.skip >= 1, "skip", self.skip, "an integer >= 1")
+        check(self.max is None or (_is_int(self.max) and self.max >= 1), "max", self.max,
               "null or an integer >= 1")
-        check(self.consistency in ("none", "memory"), "certify.consistency", self.consistency, "none or memory")
+        check(self.consistency in ("none", "memory"), "consistency", self.consistency, "none or memory")
         autocast_dtype_of(self.autocast)
         for name in ("progress", "channels_last", "compile"):
-            check(isinstance(getattr(self, name), bool), f"certify.{name}", getattr(self, name), "true or false")
-        check(self.sampling in ("fixed", "sequential"), "certify.sampling", self.sampling, "fixed or sequential")
-        check(self.bound in ("union", "anytime"), "certify.bound", self.bound, "union or anytime")
-        check(_is_int(self.first_stage) and 1 <= self.first_stage, "certify.first_stage", self.first_stage,
+            check(isinstance(getattr(self, name), bool), f"{name}", getattr(self, name), "true or false")
+        check(self.sampling in ("fixed", "sequential"), "sampling", self.sampling, "fixed or sequential")
+        check(self.bound in ("union", "anytime"), "bound", self.bound, "union or anytime")
+        check(_is_int(self.first_stage) and 1 <= self.first_stage, "first_stage", self.first_stage,
               "an integer >= 1")
-        check(isinstance(self.stage_factor, (int, float)) and self.stage_factor > 1, "certify.stage_factor",
+        check(isinstance(self.stage_factor, (int, float)) and self.stage_factor > 1, "stage_factor",
               self.stage_factor, "a number > 1")
-        check(isinstance(self.tolerance, (int, float)) and self.tolerance >= 0, "certify.tolerance", self.tolerance,
+        check(isinstance(self.tolerance, (int, float)) and self.tolerance >= 0, "tolerance", self.tolerance,
               "a radius >= 0 (pixel units)")
         check(self.radii is None or (len(self.radii) >= 1 and all(
-            isinstance(r, (int, float)) and r > 0 for r in self.radii)), "certify.radii", self.radii,
+            isinstance(r, (int, float)) and r > 0 for r in self.radii)), "radii", self.radii,
             "null or a list of radii > 0, e.g. [0.25, 0.5, 0.75, 1.0]")
         check(self.reach_alpha is None or (isinstance(self.reach_alpha, float) and 0 < self.reach_alpha < 1),
-              "certify.reach_alpha", self.reach_alpha, "null (optimistic) or a number in (0, 1)")
-        check(self.sampling == "sequential" or self.radii is None, "certify.radii", self.radii,
+              "reach_alpha", self.reach_alpha, "null (optimistic) or a number in (0, 1)")
+        check(self.sampling == "sequential" or self.radii is None, "radii", self.radii,
               "null unless certify.sampling=sequential")
 
     @property
@@ -127,8 +127,8 @@ def _is_int(value) -> bool:
 def select_indices(length: int, skip: int, max_rows: int | None) -> list[int]:
     """Cohen et al.'s selection: every ``skip``-th index from 0, at most ``max_rows`` of them.
     A skip larger than the split is refused: it would silently certify input 0 alone."""
-    check(length > 0, "certify.split", "(empty)", "a split with at least one input")
-    check(skip <= length, "certify.skip", skip, f"at most the split's size ({length} inputs)")
+    check(length > 0, "split", "(empty)", "a split with at least one input")
+    check(skip <= length, "skip", skip, f"at most the split's size ({length} inputs)")
     selected = list(range(0, length, skip))
     return selected[:max_rows] if max_rows is not None else selected
 

@@ -273,7 +273,10 @@ def settings(cls, node, group: str):
     from omegaconf import OmegaConf
 
     values = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
-    return cls(**values)
+    try:
+        return cls.from_dict(values) if hasattr(cls, "from_dict") else cls(**values)
+    except InstaRSError as error:
+        raise with_group(error, values, group) from error
 
 
 def resolved(node) -> dict | None:
@@ -364,9 +367,8 @@ class SweepGroupCallback(_hydra_callback_base()):
 
 
 def build_group(spec: dict, group: str, **kwargs):
-    """Hydra's ``instantiate`` of a config group's object (e.g. ``sigma_search``). The library's one-line
-    errors name the field (``sigma=0 is invalid ...``); here they gain the group, ``sigma_search.sigma=0 ...``,
-    so the message names the full key the user typed."""
+    """Hydra's ``instantiate`` of a config group's object (e.g. ``sigma_search``, ``train``), with the
+    library's one-line errors given the group's full key (``with_group``)."""
     from hydra.utils import instantiate
 
     try:
@@ -375,8 +377,20 @@ def build_group(spec: dict, group: str, **kwargs):
         cause = user_error_cause(error)
         if cause is None:
             raise
-        message = " ".join(str(cause).split())
-        field = message.split("=", 1)[0]
-        if field in spec and not field.startswith(group + "."):
-            raise type(cause)(f"{group}.{message}") from error
-        raise cause from error
+        raise with_group(cause, spec, group) from error
+
+
+def with_group(error: InstaRSError, spec: dict, group: str) -> InstaRSError:
+    """The library's errors name the field (``sigma=0 is invalid ...``, the library knows no config paths);
+    here they gain the key the user typed: ``sigma_search.sigma=0 ...``, or ``train.loss.lbd=...`` for a
+    field of a nested object."""
+    message = " ".join(str(error).split())
+    field = message.split("=", 1)[0].split(" ", 1)[0]
+    if field.startswith(group + ".") or not isinstance(spec, dict):
+        return error
+    if field in spec:
+        return type(error)(f"{group}.{message}")
+    for key, value in spec.items():
+        if isinstance(value, dict) and field in value:
+            return type(error)(f"{group}.{key}.{message}")
+    return error

@@ -70,13 +70,13 @@ def _noisy_logits(model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, noise:
 
 def _check_int(value, setting: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"train.loss.{setting}={value!r} is invalid: expected an integer >= {minimum}")
+        raise ConfigError(f"{setting}={value!r} is invalid: expected an integer >= {minimum}")
     return value
 
 
 def _check_number(value, setting: str, accepted: str, ok) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise ConfigError(f"train.loss.{setting}={value!r} is invalid: expected {accepted}")
+        raise ConfigError(f"{setting}={value!r} is invalid: expected {accepted}")
     return float(value)
 
 
@@ -195,7 +195,7 @@ class MacerLoss:
         # row must land outside the hinge: 2 PhiInv(1 - eps) > gamma, i.e. eps < Phi(-gamma / 2)
         limit = NormalDist().cdf(-self.gamma / 2)
         if not 1e-7 <= self.eps < limit:
-            raise ConfigError(f"train.loss.eps={eps!r} is invalid for train.loss.gamma={gamma!r}: expected "
+            raise ConfigError(f"eps={eps!r} is invalid for gamma={gamma!r}: expected "
                               f"1e-07 <= eps < Phi(-gamma/2) = {limit:.3g}, so that 1 - eps is below 1 in float32 "
                               f"and a fully confident prediction falls outside the hinge")
 

@@ -224,8 +224,8 @@ class SmallCNN(_ImageClassifier):
     def __init__(self, num_classes: int, input_shape, mean: Sequence[float], std: Sequence[float],
                  width: int = 32, hidden: int = 128):
         super().__init__(num_classes, input_shape, mean, std)
-        w = _positive_int(width, "model.width")
-        hidden = _positive_int(hidden, "model.hidden")
+        w = _positive_int(width, "width")
+        hidden = _positive_int(hidden, "hidden")
         self.in_channels = self.input_shape[0]
         self.features = nn.Sequential(
             *_conv_bn_relu(self.in_channels, w), *_conv_bn_relu(w, w), nn.MaxPool2d(2),
@@ -250,7 +250,7 @@ class CifarVGG(_ImageClassifier):
 
     def __init__(self, num_classes: int, input_shape, mean: Sequence[float], std: Sequence[float], width: int = 8):
         super().__init__(num_classes, input_shape, mean, std)
-        w = _positive_int(width, "model.width")
+        w = _positive_int(width, "width")
         layers, cin = [], self.input_shape[0]
         for cout in (w, 2 * w, 4 * w, 8 * w):
             layers += [*_conv_bn_relu(cin, cout), nn.MaxPool2d(2)]
@@ -302,10 +302,10 @@ class CifarResNet(_ImageClassifier):
             ok = int(depth) == depth and int(depth) >= 8 and (int(depth) - 2) % 6 == 0
         except (TypeError, ValueError):
             ok = False
-        check(ok, "model.depth", depth, "6n+2 with n >= 1, e.g. 20, 32, 44, 56 or 110")
+        check(ok, "depth", depth, "6n+2 with n >= 1, e.g. 20, 32, 44, 56 or 110")
         self.depth = int(depth)
         self.name = f"cifar_resnet{self.depth}"
-        w = _positive_int(width, "model.width")
+        w = _positive_int(width, "width")
         n = (self.depth - 2) // 6
         self.in_channels = self.input_shape[0]
         layers: list[nn.Module] = _conv_bn_relu(self.in_channels, w)

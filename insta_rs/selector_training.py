@@ -86,19 +86,19 @@ class SelectorSettings:
     def validate(self) -> None:
         """ConfigError naming the first invalid setting (``selector.<name>=<value> is invalid: ...``)."""
         self.levels = list(check_levels(self.levels))
-        _check_positive(self.sigma, "selector.sigma")
-        check(self.label_mode in LABEL_MODES, "selector.label_mode", self.label_mode, " or ".join(LABEL_MODES))
-        _check_positive(self.draws, "selector.draws", integer=True)
-        check(isinstance(self.soft_labels, bool), "selector.soft_labels", self.soft_labels, "true or false")
-        _check_positive(self.temperature, "selector.temperature")
-        check(self.eps is None or (isinstance(self.eps, float) and 0 < self.eps < 0.5), "selector.eps", self.eps,
+        _check_positive(self.sigma, "sigma")
+        check(self.label_mode in LABEL_MODES, "label_mode", self.label_mode, " or ".join(LABEL_MODES))
+        _check_positive(self.draws, "draws", integer=True)
+        check(isinstance(self.soft_labels, bool), "soft_labels", self.soft_labels, "true or false")
+        _check_positive(self.temperature, "temperature")
+        check(self.eps is None or (isinstance(self.eps, float) and 0 < self.eps < 0.5), "eps", self.eps,
               "null (1 / (2 * draws)) or a number in (0, 0.5)")
         for name in ("epochs", "batch_size", "width", "hidden"):
-            _check_positive(getattr(self, name), f"selector.{name}", integer=True)
-        _check_positive(self.lr, "selector.lr")
-        check(isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1, "selector.momentum", self.momentum,
+            _check_positive(getattr(self, name), f"{name}", integer=True)
+        _check_positive(self.lr, "lr")
+        check(isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1, "momentum", self.momentum,
               "a number in [0, 1)")
-        check(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0, "selector.weight_decay",
+        check(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0, "weight_decay",
               self.weight_decay, "a number >= 0")
 
 

@@ -113,7 +113,7 @@ def autocast_dtype_of(value) -> torch.dtype | None:
         return value
     if isinstance(value, str) and value.lower() in AUTOCAST_DTYPES:
         return AUTOCAST_DTYPES[value.lower()]
-    raise ConfigError(f"certify.autocast={value!r} is invalid: expected null (float32), bf16 or fp16")
+    raise ConfigError(f"autocast={value!r} is invalid: expected null (float32), bf16 or fp16")
 
 
 class _Request:
@@ -178,9 +178,9 @@ class Smooth:
         compile: bool = False,
     ):
         check(isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1,
-              "certify.batch_size", batch_size, "an integer >= 1")
-        check(isinstance(channels_last, bool), "certify.channels_last", channels_last, "true or false")
-        check(isinstance(compile, bool), "certify.compile", compile, "true or false")
+              "batch_size", batch_size, "an integer >= 1")
+        check(isinstance(channels_last, bool), "channels_last", channels_last, "true or false")
+        check(isinstance(compile, bool), "compile", compile, "true or false")
         self.base_classifier = base_classifier.eval()
         self.num_classes = num_classes
         self.batch_size = batch_size
@@ -421,6 +421,6 @@ def _module_device(module: nn.Module) -> torch.device:
 def check_certify_settings(sigma: float, n0: int, n: int, alpha: float) -> None:
     """ConfigError for values CERTIFY cannot use: sigma <= 0 or NaN, n0 < 1, n < 1, alpha outside (0, 1)."""
     check(isinstance(sigma, (int, float)) and sigma > 0 and np.isfinite(sigma), "sigma", sigma, "a finite number > 0")
-    check(isinstance(n0, int) and n0 >= 1, "certify.n0", n0, "an integer >= 1")
-    check(isinstance(n, int) and n >= 1, "certify.n", n, "an integer >= 1")
+    check(isinstance(n0, int) and n0 >= 1, "n0", n0, "an integer >= 1")
+    check(isinstance(n, int) and n >= 1, "n", n, "an integer >= 1")
     check_alpha(alpha)

@@ -77,18 +77,18 @@ class TrainSettings:
     def validate(self) -> None:
         levels = self.sigma if isinstance(self.sigma, (list, tuple)) else [self.sigma]
         check(len(levels) >= 1 and all(isinstance(s, (int, float)) and s >= 0 and math.isfinite(s) for s in levels),
-              "train.sigma", self.sigma, "a finite number >= 0 (0 trains without noise) or a non-empty list of them")
-        check(_is_int(self.epochs) and self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
-        check(_is_int(self.batch_size) and self.batch_size >= 1, "train.batch_size", self.batch_size,
+              "sigma", self.sigma, "a finite number >= 0 (0 trains without noise) or a non-empty list of them")
+        check(_is_int(self.epochs) and self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        check(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", self.batch_size,
               "an integer >= 1")
-        check(self.lr > 0, "train.lr", self.lr, "a number > 0")
-        check(self.lr_schedule in LR_SCHEDULES, "train.lr_schedule", self.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
-        check(_is_int(self.val_noise_draws) and self.val_noise_draws >= 1, "train.val_noise_draws",
+        check(self.lr > 0, "lr", self.lr, "a number > 0")
+        check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
+        check(_is_int(self.val_noise_draws) and self.val_noise_draws >= 1, "val_noise_draws",
               self.val_noise_draws, "an integer >= 1")
 
     @property
     def sigma_levels(self) -> list[float]:
-        """train.sigma as a list (one element for a single sigma)."""
+        """sigma as a list (one element for a single sigma)."""
         return [float(s) for s in self.sigma] if isinstance(self.sigma, (list, tuple)) else [float(self.sigma)]
 
     def phase_at(self, epoch: int) -> str:
@@ -123,21 +123,21 @@ class InstaRSSettings(TrainSettings):
 
     def validate(self) -> None:
         super().validate()
-        check(_is_int(self.stage1_epochs) and 0 <= self.stage1_epochs < self.epochs, "train.stage1_epochs",
+        check(_is_int(self.stage1_epochs) and 0 <= self.stage1_epochs < self.epochs, "stage1_epochs",
               self.stage1_epochs, f"an integer in [0, train.epochs) = [0, {self.epochs})")
         check(self.sigma_min is not None and self.sigma_min == self.sigma_min and self.sigma_min > 0,
-              "train.sigma_min", self.sigma_min, "a number > 0")
+              "sigma_min", self.sigma_min, "a number > 0")
         check(self.sigma_max is not None and self.sigma_max == self.sigma_max and self.sigma_max >= self.sigma_min,
-              "train.sigma_max", self.sigma_max, f"a number >= train.sigma_min ({self.sigma_min})")
-        check(self.sigma0 is not None and self.sigma_min <= self.sigma0 <= self.sigma_max, "train.sigma0",
+              "sigma_max", self.sigma_max, f"a number >= train.sigma_min ({self.sigma_min})")
+        check(self.sigma0 is not None and self.sigma_min <= self.sigma0 <= self.sigma_max, "sigma0",
               self.sigma0, f"a number in [train.sigma_min, train.sigma_max] = [{self.sigma_min}, {self.sigma_max}]")
-        check(self.eta is not None and self.eta > 0 and math.isfinite(self.eta), "train.eta", self.eta,
+        check(self.eta is not None and self.eta > 0 and math.isfinite(self.eta), "eta", self.eta,
               "a number > 0 (the log-sigma step)")
-        check(_is_int(self.m_update) and self.m_update >= 1, "train.m_update", self.m_update, "an integer >= 1")
-        check(_is_int(self.update_every) and self.update_every >= 1, "train.update_every", self.update_every,
+        check(_is_int(self.m_update) and self.m_update >= 1, "m_update", self.m_update, "an integer >= 1")
+        check(_is_int(self.update_every) and self.update_every >= 1, "update_every", self.update_every,
               "an integer >= 1 (1: update the sigmas of every batch)")
-        check(self.sigma_levels == [float(self.sigma0)], "train.sigma", self.sigma,
-              f"train.sigma0 ({self.sigma0}) or left at its default ${{.sigma0}} for train=insta_rs")
+        check(self.sigma_levels == [float(self.sigma0)], "sigma", self.sigma,
+              f"sigma0 ({self.sigma0}) or left at its default ${{.sigma0}} for train=insta_rs")
 
     def phase_at(self, epoch: int) -> str:
         """``gaussian`` in stage 1 (epochs [0, stage1_epochs)), ``instance`` in stage 2."""

@@ -60,8 +60,8 @@ def test_floor_never_rounds_up():
 
 @pytest.mark.parametrize("sigma,n0,n,alpha,setting", [
     (0.0, 10, 10, 0.1, "sigma"), (float("nan"), 10, 10, 0.1, "sigma"), (-1.0, 10, 10, 0.1, "sigma"),
-    (0.5, 0, 10, 0.1, "certify.n0"), (0.5, 10, 0, 0.1, "certify.n"),
-    (0.5, 10, 10, 0.0, "certify.alpha"), (0.5, 10, 10, 1.0, "certify.alpha"),
+    (0.5, 0, 10, 0.1, "n0"), (0.5, 10, 0, 0.1, "n"),
+    (0.5, 10, 10, 0.0, "alpha"), (0.5, 10, 10, 1.0, "alpha"),
 ])
 def test_bad_certify_settings_are_one_line_config_errors(sigma, n0, n, alpha, setting):
     with pytest.raises(ConfigError) as info:

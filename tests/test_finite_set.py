@@ -287,10 +287,13 @@ def test_methods_are_valid_end_to_end_on_a_linear_classifier(method_class, rule)
 @pytest.mark.parametrize("knobs", [{"levels": []}, {"levels": [1.0, -0.5]}, {"levels": [0.5, 0.5]},
                                    {"levels": 0.5}, {"p0": 0.4}, {"p0": 1.0}])
 def test_bad_settings_raise_one_line_config_errors(knobs):
+    from insta_rs.cli import build_group
+
     for method_class in (CascadeSigma, BestLevelSigma):
-        with pytest.raises(ConfigError) as error:
-            method_class(**knobs)
-        assert "\n" not in str(error.value) and "sigma_search." in str(error.value)
+        with pytest.raises(ConfigError) as error:  # the library names the field, the entry point adds the group
+            build_group({"_target_": f"insta_rs.search.finite_set.{method_class.__name__}", **knobs}, "sigma_search")
+        message = str(error.value)
+        assert "\n" not in message and any(message.startswith(f"sigma_search.{key}=") for key in knobs), message
 
 
 @pytest.mark.parametrize("name, cls", [("cascade", CascadeSigma), ("grid", BestLevelSigma)])

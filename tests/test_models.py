@@ -21,6 +21,7 @@ MODEL_CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 INTENDED = {
     "small_cnn": [((1, 8, 8), 10), ((1, 28, 28), 10)],
     "cifar_resnet20": [((3, 32, 32), 10)],
+    "cifar_vgg": [((3, 32, 32), 10)],
     "cifar_resnet110": [((3, 32, 32), 10)],
     "resnet50": [((3, 64, 64), 7)],
 }
@@ -108,7 +109,7 @@ def test_depth_must_be_6n_plus_2(depth):
     with pytest.raises(ConfigError) as info:
         CifarResNet(10, (3, 32, 32), *stats(3), depth=depth)
     message = str(info.value)
-    assert message == f"model.depth={depth!r} is invalid: expected 6n+2 with n >= 1, e.g. 20, 32, 44, 56 or 110"
+    assert message == f"depth={depth!r} is invalid: expected 6n+2 with n >= 1, e.g. 20, 32, 44, 56 or 110"
 
 
 @pytest.mark.parametrize("depth", [8, 20, 32])
@@ -167,7 +168,7 @@ def test_wrong_channel_count_is_a_one_line_config_error():
 @pytest.mark.parametrize("kwargs,setting", [(dict(num_classes=1), "num_classes=1"),
                                             (dict(input_shape=(1, 8)), "input_shape=(1, 8)"),
                                             (dict(input_shape=(1, 0, 8)), "input_shape=(1, 0, 8)"),
-                                            (dict(width=0), "model.width=0"), (dict(hidden=2.5), "model.hidden=2.5")])
+                                            (dict(width=0), "width=0"), (dict(hidden=2.5), "hidden=2.5")])
 def test_other_bad_settings_name_the_setting(kwargs, setting):
     args = dict(num_classes=10, input_shape=(1, 8, 8), mean=(0.5,), std=(0.5,)) | kwargs
     with pytest.raises(ConfigError) as info:

@@ -181,9 +181,12 @@ def test_objective_matches_scipy():
     {"alpha_s": 0.0}, {"alpha_s": 1.0}, {"merge": "yes"},
 ])
 def test_bad_knobs_raise_one_line_config_errors(knobs):
-    with pytest.raises(ConfigError) as error:
-        InstaRSSearch(**knobs)
-    assert "\n" not in str(error.value) and "sigma_search." in str(error.value)
+    from insta_rs.cli import build_group
+
+    with pytest.raises(ConfigError) as error:  # the library names the field, the entry point adds the group
+        build_group({"_target_": "insta_rs.search.insta_rs.InstaRSSearch", **knobs}, "sigma_search")
+    message = str(error.value)
+    assert "\n" not in message and any(message.startswith(f"sigma_search.{key}=") for key in knobs), message
 
 
 def test_defaults_and_config_file(compose):

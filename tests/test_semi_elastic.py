@@ -321,14 +321,14 @@ def test_rows_are_sound_with_the_semi_elastic_radius(synthetic):
 
 
 def test_config_errors():
-    with pytest.raises(ConfigError, match="sigma_search.r"):
+    with pytest.raises(ConfigError, match="^r="):
         SemiElasticSigma(sigma_b=0.25, r=-0.1)
-    with pytest.raises(ConfigError, match="sigma_search.k"):
+    with pytest.raises(ConfigError, match="^k="):
         SemiElasticSigma(sigma_b=0.25, k=0)
-    with pytest.raises(ConfigError, match="sigma_search.sigma_min"):
+    with pytest.raises(ConfigError, match="^sigma_min="):
         SemiElasticSigma(sigma_b=0.25, sigma_min=0.5, sigma_max=0.1)
     method = SemiElasticSigma(sigma_b=None)
-    with pytest.raises(ConfigError, match="sigma_search.sigma_b"):
+    with pytest.raises(ConfigError, match="^sigma_b="):
         method.prepare(SearchContext(source=None, trained_sigma=None))  # trained across sigmas
 
 

@@ -124,6 +124,6 @@ def test_settings_reject_radii_without_sequential():
     from insta_rs.certification import CertifySettings
     from insta_rs.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="certify.radii"):
+    with pytest.raises(ConfigError, match="^radii="):
         CertifySettings(radii=[0.5])
     assert dataclasses.replace(CertifySettings(), sampling="sequential", radii=[0.5, 0.25]).plan.radii == (0.25, 0.5)

@@ -22,7 +22,7 @@ ABSTAIN = -1
 """The class index a smoothed classifier returns when it abstains."""
 
 
-def check_alpha(alpha: float, setting: str = "certify.alpha") -> None:
+def check_alpha(alpha: float, setting: str = "alpha") -> None:
     check(isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0, setting, alpha, "a number in (0, 1), e.g. 0.001")
 
 

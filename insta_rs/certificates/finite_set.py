@@ -72,7 +72,7 @@ class LevelCertificate:
 
 def statement_alpha(alpha: float, num_levels: int, num_classes: int) -> float:
     """Each statement's level: alpha / (K * (C + 1)) (K lower bounds + K*C upper bounds; module docstring)."""
-    check(0.0 < alpha < 1.0, "certify.alpha", alpha, "a number in (0, 1)")
+    check(0.0 < alpha < 1.0, "alpha", alpha, "a number in (0, 1)")
     check(num_levels >= 1, "levels", num_levels, "at least one level")
     check(num_classes >= 2, "num_classes", num_classes, "at least 2 classes")
     return alpha / (num_levels * (num_classes + 1))

@@ -46,9 +46,9 @@ class _FiniteLevels(SigmaMethod):
         levels = list(levels) if hasattr(levels, "__iter__") and not isinstance(levels, str) else levels
         ok = isinstance(levels, list) and len(levels) >= 1 and all(
             isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in levels)
-        check(ok and len(set(float(s) for s in levels)) == len(levels), "sigma_search.levels", levels,
+        check(ok and len(set(float(s) for s in levels)) == len(levels), "levels", levels,
               "a non-empty list of distinct numbers > 0, e.g. [1.0, 0.5, 0.25]")
-        check(isinstance(p0, (int, float)) and not isinstance(p0, bool) and 0.5 <= p0 < 1, "sigma_search.p0", p0,
+        check(isinstance(p0, (int, float)) and not isinstance(p0, bool) and 0.5 <= p0 < 1, "p0", p0,
               "a number in [0.5, 1)")
         self.levels = sorted((float(s) for s in levels), reverse=True)
         self.p0 = float(p0)

@@ -98,21 +98,21 @@ class InstaRSSearch(SigmaMethod):
                  merge: bool = True):
         starts = list(starts) if hasattr(starts, "__iter__") and not isinstance(starts, str) else starts
         check(isinstance(starts, list) and len(starts) >= 1 and all(_number(s) and s > 0 for s in starts),
-              "sigma_search.starts", starts, "a non-empty list of numbers > 0, e.g. [0.12, 0.25, 0.5, 1.0]")
-        check(_number(sigma_min) and sigma_min > 0, "sigma_search.sigma_min", sigma_min, "a number > 0")
-        check(_number(sigma_max) and sigma_max >= sigma_min, "sigma_search.sigma_max", sigma_max,
+              "starts", starts, "a non-empty list of numbers > 0, e.g. [0.12, 0.25, 0.5, 1.0]")
+        check(_number(sigma_min) and sigma_min > 0, "sigma_min", sigma_min, "a number > 0")
+        check(_number(sigma_max) and sigma_max >= sigma_min, "sigma_max", sigma_max,
               f"a number >= sigma_search.sigma_min={sigma_min}")
-        check(_integer(m) and m >= 1, "sigma_search.m", m, "an integer >= 1 (noise draws per evaluated sigma)")
-        check(_integer(steps) and steps >= 1, "sigma_search.steps", steps, "an integer >= 1")
-        check(_number(eta) and eta > 0, "sigma_search.eta", eta, "a number > 0 (initial step in log-sigma)")
-        check(_number(eta_min) and 0 < eta_min <= eta, "sigma_search.eta_min", eta_min,
+        check(_integer(m) and m >= 1, "m", m, "an integer >= 1 (noise draws per evaluated sigma)")
+        check(_integer(steps) and steps >= 1, "steps", steps, "an integer >= 1")
+        check(_number(eta) and eta > 0, "eta", eta, "a number > 0 (initial step in log-sigma)")
+        check(_number(eta_min) and 0 < eta_min <= eta, "eta_min", eta_min,
               f"a number in (0, sigma_search.eta={eta}]")
-        check(_number(alpha_s) and 0 < alpha_s < 1, "sigma_search.alpha_s", alpha_s, "a number in (0, 1), e.g. 0.05")
+        check(_number(alpha_s) and 0 < alpha_s < 1, "alpha_s", alpha_s, "a number in (0, 1), e.g. 0.05")
         self.starts = [float(s) for s in starts]
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.m, self.steps = int(m), int(steps)
         self.eta, self.eta_min, self.alpha_s = float(eta), float(eta_min), float(alpha_s)
-        check(isinstance(merge, bool), "sigma_search.merge", merge, "true or false")
+        check(isinstance(merge, bool), "merge", merge, "true or false")
         self.merge = merge
 
     @property

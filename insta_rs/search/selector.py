@@ -43,7 +43,7 @@ from ..smoothing import Smooth, check_certify_settings, noise_sigma
 from .base import RowResult, SearchContext, SigmaMethod
 
 
-def check_levels(levels, setting: str = "selector.levels") -> tuple[float, ...]:
+def check_levels(levels, setting: str = "levels") -> tuple[float, ...]:
     """The level set Sigma as a sorted tuple of distinct finite numbers > 0; ConfigError naming ``setting``
     otherwise (empty, non-positive, repeated, or not numbers). Level k is always the k-th smallest."""
     try:
@@ -75,11 +75,11 @@ class SelectorSigma(SigmaMethod):
     extra_columns = ("level", "radius_selector", "radius_classifier", "pA_lower_selector", "limited_by")
 
     def __init__(self, ckpt_path: str, selector_n0: int | None = None, selector_n: int | None = None):
-        check(ckpt_path is not None and str(ckpt_path) not in ("", "???"), "sigma_search.ckpt_path", ckpt_path,
+        check(ckpt_path is not None and str(ckpt_path) not in ("", "???"), "ckpt_path", ckpt_path,
               "the selector.pt written by python train.py train=selector base_ckpt=PATH")
         self.ckpt_path = str(ckpt_path)
-        self.selector_n0 = _optional_count(selector_n0, "sigma_search.selector_n0")
-        self.selector_n = _optional_count(selector_n, "sigma_search.selector_n")
+        self.selector_n0 = _optional_count(selector_n0, "selector_n0")
+        self.selector_n = _optional_count(selector_n, "selector_n")
         self.model = None
         self.record: dict = {}
         self.levels: tuple[float, ...] = ()
@@ -115,8 +115,8 @@ class SelectorSigma(SigmaMethod):
     def set_selector(self, model: torch.nn.Module, levels, sigma: float) -> None:
         """Use this selector network (one output per level, levels in increasing order) smoothed at sigma.
         ``prepare`` calls it with the checkpoint's network; tests and notebooks may call it directly."""
-        self.levels = check_levels(levels, "selector.levels")
-        check(list(self.levels) == [float(v) for v in levels], "selector.levels", list(levels),
+        self.levels = check_levels(levels, "levels")
+        check(list(self.levels) == [float(v) for v in levels], "levels", list(levels),
               "levels in increasing order (the selector's output k is the k-th smallest level)")
         check_certify_settings(float(sigma), 1, 1, 0.5)
         self.model, self.sigma, self._smooth = model.eval(), float(sigma), None

@@ -65,26 +65,26 @@ class SemiElasticSigma(SigmaMethod):
     def __init__(self, sigma_b: float | None = None, r: float = 0.01, k: int = 10, m: float | None = None,
                  sigma_min: float | None = None, sigma_max: float | None = None, max_train: int | None = None,
                  m_sample: int = 1000, seed: int = 0):
-        self.sigma_b = _positive_or_none(sigma_b, "sigma_search.sigma_b")
+        self.sigma_b = _positive_or_none(sigma_b, "sigma_b")
         check(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r >= 0,
-              "sigma_search.r", r, "a finite number >= 0 (the declared semi-elasticity rate)")
+              "r", r, "a finite number >= 0 (the declared semi-elasticity rate)")
         self.r = float(r)
-        check(isinstance(k, int) and not isinstance(k, bool) and k >= 1, "sigma_search.k", k, "an integer >= 1")
+        check(isinstance(k, int) and not isinstance(k, bool) and k >= 1, "k", k, "an integer >= 1")
         self.k = k
         check(m is None or (isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m)),
-              "sigma_search.m", m, "null (median over training inputs) or a finite number")
+              "m", m, "null (median over training inputs) or a finite number")
         self.m = None if m is None else float(m)
-        self.sigma_min = _positive_or_none(sigma_min, "sigma_search.sigma_min")
-        self.sigma_max = _positive_or_none(sigma_max, "sigma_search.sigma_max")
+        self.sigma_min = _positive_or_none(sigma_min, "sigma_min")
+        self.sigma_max = _positive_or_none(sigma_max, "sigma_max")
         if self.sigma_min is not None and self.sigma_max is not None:
-            check(self.sigma_min <= self.sigma_max, "sigma_search.sigma_min", sigma_min,
+            check(self.sigma_min <= self.sigma_max, "sigma_min", sigma_min,
                   f"a value <= sigma_search.sigma_max={sigma_max}")
-        check(max_train is None or (isinstance(max_train, int) and max_train > k), "sigma_search.max_train",
+        check(max_train is None or (isinstance(max_train, int) and max_train > k), "max_train",
               max_train, f"null (all training inputs) or an integer > k={k}")
         self.max_train = max_train
-        check(isinstance(m_sample, int) and m_sample >= 1, "sigma_search.m_sample", m_sample, "an integer >= 1")
+        check(isinstance(m_sample, int) and m_sample >= 1, "m_sample", m_sample, "an integer >= 1")
         self.m_sample = m_sample
-        check(isinstance(seed, int), "sigma_search.seed", seed, "an integer")
+        check(isinstance(seed, int), "seed", seed, "an integer")
         self.seed = seed
         self.train_inputs: torch.Tensor | None = None
         self.dim: int | None = None
@@ -94,7 +94,7 @@ class SemiElasticSigma(SigmaMethod):
     def prepare(self, context: SearchContext) -> None:
         """Load the training inputs (flattened, on context.device), fill in sigma_b and m."""
         if self.sigma_b is None:
-            check(context.trained_sigma is not None and context.trained_sigma > 0, "sigma_search.sigma_b", None,
+            check(context.trained_sigma is not None and context.trained_sigma > 0, "sigma_b", None,
                   "a number > 0 (the checkpoint was not trained at one sigma: set sigma_b)")
             self.sigma_b = float(context.trained_sigma)
         if context.source is None:
@@ -115,7 +115,7 @@ class SemiElasticSigma(SigmaMethod):
             keep = torch.randperm(flat.shape[0], generator=generator)[: self.max_train].sort().values
             flat = flat[keep]
         if flat.shape[0] <= self.k:
-            raise DataError(f"sigma_search.k={self.k} needs more than {self.k} training inputs, "
+            raise DataError(f"k={self.k} needs more than {self.k} training inputs, "
                             f"but only {flat.shape[0]} are available: lower k")
         self.train_inputs = flat.to(device)
         self.dim = int(flat.shape[1])
