@@ -268,11 +268,17 @@ class HalfSpace(torch.nn.Module):
         return torch.stack([1 - positive, positive], dim=1)
 
 
+@pytest.mark.parametrize("sampling", ["fixed", "union", "anytime"])
 @pytest.mark.parametrize("method_class, rule", [(CascadeSigma, "cascade"), (BestLevelSigma, "grid")])
-def test_methods_are_valid_end_to_end_on_a_linear_classifier(method_class, rule):
+def test_methods_are_valid_end_to_end_on_a_linear_classifier(method_class, rule, sampling):
+    """Also staged (SOUND.md 3e): every statement's share split over the stages, best bounds over the looks."""
+    from insta_rs.certificates.sequential import SequentialPlan
+
     bands, u, p0 = SCENARIOS["half-space"]
     truth = bands.robust_radius(u, 1, p0, rule)
     smooth = Smooth(HalfSpace(), 2, batch_size=4096)
+    if sampling != "fixed":
+        smooth.sequential = SequentialPlan(bound_kind=sampling, first=100, tolerance=0.01)
     method = method_class(levels=LEVELS.tolist(), p0=p0)
     x = torch.zeros(1, 1, 4)
     x[0, 0, 0] = u
