@@ -67,7 +67,7 @@ bench-sequential: install
 	$(PY) train.py experiment=demo logger=csv hydra.run.dir=$(B)/digits_train
 	$(PY) -m insta_rs.bench sequential --ckpt $(B)/digits_train/checkpoints/last.ckpt --rows 200 --n 100000 --batch-size 2000 | tee $(B)/sequential_digits.txt
 	$(PY) train.py experiment=cifar_jpg_results model=cifar_vgg train.sigma=0.25 train.epochs=20 train.lr=0.1 hydra.run.dir=$(B)/cifar_vgg_train
-	$(PY) -m insta_rs.bench sequential --ckpt $(B)/cifar_vgg_train/checkpoints/last.ckpt --skip 10 --rows 200 --n 100000 | tee $(B)/sequential_cifar_jpg.txt
+	$(PY) -m insta_rs.bench sequential --ckpt $(B)/cifar_vgg_train/checkpoints/last.ckpt --skip 10 --rows 200 --n 100000 --bound union | tee $(B)/sequential_cifar_jpg.txt
 
 # Certification throughput of the CIFAR models side by side (issue 13: the CPU-sized model).
 bench-throughput: install
