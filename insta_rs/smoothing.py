@@ -81,7 +81,9 @@ class Certificate:
         with probability >= 1 - alpha over the noise draws; 0 when abstaining.
     p_lower: the one-sided Clopper-Pearson lower bound on P[f(x + sigma e) = predict].
     count: how many of the n selection-independent draws landed on the candidate class.
+    n: the estimation draws used (with sequential sampling, those drawn before it stopped).
     sigma: the noise level that was certified.
+    candidate: the class the n0 selection draws picked (also when abstaining).
     """
 
     predict: int
@@ -90,6 +92,7 @@ class Certificate:
     count: int
     n: int
     sigma: float
+    candidate: int = ABSTAIN
 
 
 def noise_sigma(sigma: float) -> float:
@@ -277,10 +280,10 @@ class Smooth:
         for candidate, count, sigma in zip(candidates.tolist(), counts, sigmas):
             p_lower = clopper_pearson_lower(count, n, alpha)
             if p_lower < 0.5:
-                results.append(Certificate(ABSTAIN, 0.0, p_lower, count, n, sigma))
+                results.append(Certificate(ABSTAIN, 0.0, p_lower, count, n, sigma, candidate))
             else:
                 results.append(Certificate(candidate, cohen_radius(noise_sigma(sigma), p_lower), p_lower, count, n,
-                                           sigma))
+                                           sigma, candidate))
         return results
 
     def _certify_sequential(self, xs, sigma_t, sigmas, n0: int, n_max: int, alpha: float,
@@ -314,7 +317,7 @@ class Smooth:
                     certified = decision == "certified"
                     results[i] = Certificate(candidates[i] if certified else ABSTAIN,
                                              cohen_radius(noise_sigma(sigmas[i]), best[i]) if certified else 0.0,
-                                             best[i], successes[i], trials, sigmas[i])
+                                             best[i], successes[i], trials, sigmas[i], candidates[i])
             active = still
             if not active:
                 break

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import torch
 
-from ..certificates import ABSTAIN, clopper_pearson_lower, cohen_radius, floor_to
+from ..certificates import ABSTAIN, floor_to
 from ..checkpoints import file_digest, load_selector
 from ..errors import CheckpointError, DataError, check
-from ..smoothing import Smooth, check_certify_settings, noise_sigma
+from ..smoothing import Smooth, check_certify_settings
 from .base import RowResult, SearchContext, SigmaMethod
 
 
@@ -138,17 +138,18 @@ class SelectorSigma(SigmaMethod):
         sel_n0, sel_n = self.selector_n0 or n0, self.selector_n or n
         start = time.perf_counter()
         selector = self.selector_smooth(smooth)
-        # CERTIFY of the selector (ALGORITHMS.md 1): n0 draws pick the level, n fresh draws bound it.
-        candidate = int(selector.sample_counts(x, self.sigma, sel_n0, generator).argmax())
-        count = int(selector.sample_counts(x, self.sigma, sel_n, generator)[candidate])
-        p_sel = clopper_pearson_lower(count, sel_n, half)
-        r_sel = cohen_radius(noise_sigma(self.sigma), p_sel)  # the float32 sigma the noise was scaled by
+        # CERTIFY of the selector (ALGORITHMS.md 1) at alpha/2: n0 draws pick the level, n fresh draws bound it
+        # (sequentially when the classifier is: the same plan, its own share of alpha); its radius uses the
+        # float32 sigma the noise was scaled by
+        selector.sequential = smooth.sequential
+        selected = selector.certify(x, self.sigma, sel_n0, sel_n, half, generator)
+        candidate, p_sel, r_sel = selected.candidate, selected.p_lower, selected.radius
         level = self.levels[candidate]
         search_time = time.perf_counter() - start
         extra = {"level": candidate, "radius_selector": floor_to(r_sel), "pA_lower_selector": floor_to(p_sel)}
-        if p_sel < 0.5:
+        if selected.predict == ABSTAIN:
             return RowResult(ABSTAIN, 0.0, level, 0.0, self.guarantee, search_time=search_time,
-                             search_draws=sel_n0 + sel_n,
+                             search_draws=sel_n0 + selected.n,
                              extra={**extra, "radius_classifier": 0.0, "limited_by": "selector"})
         cert = smooth.certify(x, level, n0, n, half, generator)
         limited_by = "selector" if r_sel <= cert.radius else "classifier"
@@ -157,5 +158,5 @@ class SelectorSigma(SigmaMethod):
         else:
             radius = min(r_sel, cert.radius)
         return RowResult(cert.predict, radius, level, cert.p_lower, self.guarantee, search_time=search_time,
-                         search_draws=sel_n0 + sel_n,
+                         search_draws=sel_n0 + selected.n,
                          extra={**extra, "radius_classifier": floor_to(cert.radius), "limited_by": limited_by})
