@@ -40,7 +40,7 @@ def user_errors(fn):
             remove_empty_run_dir()
             fail(error, error.exit_code)
         except KeyboardInterrupt:
-            print("interrupted: rerun the same command to resume", file=sys.stderr)
+            print(f"interrupted: {resume_hint()}", file=sys.stderr)
             sys.exit(130)
         except Exception as error:
             cause = user_error_cause(error)
@@ -55,6 +55,21 @@ def user_errors(fn):
             finish_wandb()
 
     return wrapper
+
+
+def resume_hint() -> str:
+    """How to resume this run: certification resumes by rerunning in the same folder; training also needs
+    ``ckpt_path=last``."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        config = HydraConfig.get()
+        run_dir, job = config.runtime.output_dir, config.job.name
+    except (ImportError, ValueError):
+        return "rerun the same command to resume"
+    if job == "train":
+        return f"resume with the same command plus ckpt_path=last hydra.run.dir={run_dir}"
+    return f"rerun the same command with hydra.run.dir={run_dir} to resume"
 
 
 def remove_empty_run_dir() -> None:

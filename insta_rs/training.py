@@ -341,7 +341,22 @@ def fit(module: SmoothingClassifier, datamodule, ckpt_path: str | None, config_t
         logger.log_hyperparams(module.run_config)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metric = trainer.callback_metrics.get("val/acc_noisy")
+    if trainer.is_global_zero:
+        _announce(trainer, run_dir, metric)
     return None if metric is None else float(metric)
+
+
+def _announce(trainer: pl.Trainer, run_dir: Path, metric) -> None:
+    """The end of training in a few lines: the run folder, the best checkpoint and its score, how to certify."""
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+    score = getattr(trainer.checkpoint_callback, "best_model_score", None) if trainer.checkpoint_callback else None
+    print(f"trained {trainer.current_epoch} epochs in {run_dir}")
+    if best:
+        shown = f" (val/acc_noisy {float(score):.4f})" if score is not None else ""
+        print(f"best checkpoint: {best}{shown}; last: {run_dir / 'checkpoints' / 'last.ckpt'}")
+    elif metric is not None:
+        print(f"last val/acc_noisy {float(metric):.4f}")
+    print(f"certify with: python certify.py ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
 
 
 def keep_csv_metrics(loggers) -> None:
