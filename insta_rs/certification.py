@@ -127,8 +127,8 @@ def _is_int(value) -> bool:
 def select_indices(length: int, skip: int, max_rows: int | None) -> list[int]:
     """Cohen et al.'s selection: every ``skip``-th index from 0, at most ``max_rows`` of them.
     A skip larger than the split is refused: it would silently certify input 0 alone."""
-    check(length > 0, "split", "(empty)", "a split with at least one input")
-    check(skip <= length, "skip", skip, f"at most the split's size ({length} inputs)")
+    check(length > 0, "certify.split", "(empty)", "a split with at least one input")  # checked at run time
+    check(skip <= length, "certify.skip", skip, f"at most the split's size ({length} inputs)")
     selected = list(range(0, length, skip))
     return selected[:max_rows] if max_rows is not None else selected
 
