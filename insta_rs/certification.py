@@ -172,8 +172,7 @@ class Certifier:
 
     def _row(self, result: RowResult, label: int, idx: int, seconds: float, draws: int) -> dict:
         correct = int(result.predict == label and result.predict != ABSTAIN)
-        if self.draws_column:
-            result.extra = {"draws": draws, **result.extra}
+        extra = {"draws": draws, **result.extra} if self.draws_column else result.extra
         # `time` is every second spent on the input, search included (INTERFACE.md), so tools built for
         # Cohen's files see the whole cost; `search_time` says how much of it was the search
         return {
@@ -182,7 +181,7 @@ class Certifier:
             "time": round(max(seconds, result.search_time), 4),
             "sigma": result.sigma, "pA_lower": floor_to(result.p_lower), "guarantee": result.guarantee,
             "search_time": round(result.search_time, 4), "search_draws": int(result.search_draws),
-            **result.extra,
+            **extra,
         }
 
 

@@ -176,12 +176,13 @@ def certify_sharded(certifier, dataset, selected: Sequence[int], tsv_path: str |
     columns = certifier.columns
     done = done_indices(tsv_path, settings, columns)
     todo = todo_indices(selected, done)
-    resumed = len(done & {int(i) for i in selected})
+    wanted = {int(i) for i in selected}
+    resumed = done & wanted
     if resumed and trainer.is_global_zero:
-        print(f"resuming after {resumed} of {len(set(selected))} rows in {tsv_path.parent}", flush=True)
+        print(f"resuming after {len(resumed)} of {len(wanted)} rows in {tsv_path.parent}", flush=True)
     writer.tsv_path, writer.settings, writer.columns = tsv_path, settings, tuple(columns)
     if progress:
-        writer.progress = _progress(tsv_path, columns, selected, done, todo)
+        writer.progress = _progress(tsv_path, columns, resumed, todo)
         if trainer.world_size > 1:
             writer.progress.total = writer.progress.rows + len(range(0, len(todo), trainer.world_size))
             writer.progress.label = "certify (rank 0's share)"
@@ -195,12 +196,13 @@ def certify_sharded(certifier, dataset, selected: Sequence[int], tsv_path: str |
     return trainer.is_global_zero
 
 
-def _progress(tsv_path: Path, columns, selected: Sequence[int], done: set[int], todo: list[int]) -> Progress:
-    """A Progress that starts from the selected rows already done, counting how many of them were correct."""
+def _progress(tsv_path: Path, columns, resumed: set[int], todo: list[int]) -> Progress:
+    """A Progress that starts from the ``resumed`` rows (selected and already done), counting how many of them
+    were correct (a row found in certify.tsv and in a shard counts once)."""
     correct_at = list(columns).index("correct")
-    resumed_correct = 0
+    correct: dict[int, bool] = {}
     for path in [tsv_path, *shard_paths(tsv_path.parent)]:
         for idx, line in complete_rows(path, columns).items():
-            resumed_correct += int(idx in set(selected) and line.split("\t")[correct_at] == "1")
-    return Progress(len(todo) + len(done & set(int(i) for i in selected)), len(done & set(int(i) for i in selected)),
-                    resumed_correct)
+            if idx in resumed:
+                correct.setdefault(idx, line.split("\t")[correct_at] == "1")
+    return Progress(len(todo) + len(resumed), len(resumed), sum(correct.values()))
