@@ -28,6 +28,7 @@ from .certificates.memory import memory_consistency
 from .certificates.sequential import SequentialPlan
 from .certification_file import CERTIFY_COLUMNS, CertificationLog, write_atomic, write_json_atomic
 from .checkpoints import TrainedRun
+from .experts import load_experts
 from .errors import check
 from .search.base import RowResult, SearchContext, SigmaMethod
 from .smoothing import Smooth, autocast_dtype_of, check_certify_settings, count_draws, draws_of, row_generator
@@ -219,17 +220,24 @@ def run(trained: TrainedRun, method: SigmaMethod, method_spec: dict, settings: C
     writer = distributed.RowWriter(run_dir / "certify.tsv")
     trainer = make_trainer([writer])
     device = trainer.strategy.root_device
-    smooth = Smooth(trained.model, trained.num_classes, batch_size=settings.batch_size, device=device,
+    model, experts = trained.model, {}
+    if method.experts:
+        model, experts = load_experts(method.experts, trained)
+    smooth = Smooth(model, trained.num_classes, batch_size=settings.batch_size, device=device,
                     autocast_dtype=settings.autocast, channels_last=settings.channels_last,
                     compile=settings.compile)
     smooth.sequential = settings.plan
     certifier = Certifier(smooth, method, settings.n0, settings.n, settings.alpha, seed)
     method.prepare(SearchContext(source=trained.source, num_classes=trained.num_classes, device=device,
                                  trained_sigma=trained.trained_sigma, ckpt_path=str(trained.path)))
+    if experts:
+        for sigma in getattr(method, "levels", ()):
+            model.expert(sigma)  # a level without an expert: one line before any row is written
     dataset = trained.source.split(settings.split)
     selected = select_indices(len(dataset), settings.skip, settings.max)
     identity = {"checkpoint_sha256": trained.sha256, "dataset": trained.source_spec, "sigma_search": method_spec,
-                "seed": seed, **settings.resume_identity(), **method.resume_identity()}
+                "seed": seed, **settings.resume_identity(), **method.resume_identity(),
+                **({"experts_sha256": experts} if experts else {})}
     tsv_path = run_dir / "certify.tsv"
     started = time.time()
     if not distributed.certify_sharded(certifier, dataset, selected, tsv_path, identity, trainer, writer,

@@ -66,6 +66,12 @@ def draws_of(generator) -> int:
     return _DRAWS.get(id(generator), 0)
 
 
+def charge_draws(generator, copies) -> None:
+    """Count the draws served by ``copies`` (generators standing in for ``generator``) as ``generator``'s."""
+    if _COUNTING[0]:
+        _DRAWS[id(generator)] = draws_of(generator) + sum(draws_of(copy) for copy in copies)
+
+
 NOISE_BLOCK = 64
 """Draws per ``normal_`` call. Part of the definition of the noise stream: changing it changes every row."""
 
@@ -195,6 +201,8 @@ class Smooth:
         self.compile = compile
         self._forward_module = torch.compile(self.base_classifier, dynamic=False) if compile else self.base_classifier
         self.phase_seconds: dict[str, float] | None = None
+        self.takes_sigma = bool(getattr(base_classifier, "takes_sigma", False))
+        """The model is f(x, sigma) (per-level experts): every forward pass also gets each row's sigma."""
         self.sequential: SequentialPlan | None = None
         """Set to a SequentialPlan to certify sequentially (SOUND.md 3e): CERTIFY's n is then the maximum."""
 
@@ -359,6 +367,7 @@ class Smooth:
             model_input = torch.empty_like(chunk, memory_format=torch.channels_last)
         timing = self.phase_seconds
         clock = self._clock if timing is not None else None
+        row_sigma = torch.empty(size, dtype=torch.float32, device=device) if self.takes_sigma else None
         current, offset = 0, 0
         while current < len(requests):
             # which draws of which requests go into this chunk
@@ -386,7 +395,14 @@ class Smooth:
             if clock:
                 start = self._tick(timing, "shift", start)
             with self._autocast():
-                logits = self._forward_module(model_input)
+                if row_sigma is None:
+                    logits = self._forward_module(model_input)
+                else:  # per-level experts (insta_rs.experts): each draw goes to its sigma's expert
+                    for request, at, take in segments:
+                        row_sigma[at:at + take] = request.sigma
+                    if used < size:
+                        row_sigma[used:] = segments[-1][0].sigma
+                    logits = self._forward_module(model_input, row_sigma)
             predictions = logits.argmax(dim=1)
             if clock:
                 start = self._tick(timing, "forward", start)

@@ -54,6 +54,9 @@ class SigmaMethod:
     name = "base"
     guarantee = "sound"
     extra_columns: tuple[str, ...] = ()
+    experts = None
+    """{level: checkpoint}: one base classifier per level (``insta_rs.experts``) instead of ckpt_path's model;
+    ``insta_rs.certification.run`` loads them. None: ckpt_path's model at every sigma."""
     batches_rows = False
     """True when ``certify_many`` shares forward passes between inputs (the certification loop then
     hands it as many inputs as fit one batch of draws)."""
@@ -84,9 +87,14 @@ class FixedSigma(SigmaMethod):
     guarantee = "sound"
     batches_rows = True
 
-    def __init__(self, sigma: float):
+    def __init__(self, sigma: float, experts=None):
         check_certify_settings(sigma, 1, 1, 0.5)
         self.sigma = float(sigma)
+        self.experts = experts
+
+    @property
+    def levels(self) -> list[float]:
+        return [self.sigma]
 
     def certify(self, smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: float,
                 generator: torch.Generator) -> RowResult:

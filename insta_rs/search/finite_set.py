@@ -38,20 +38,26 @@ from ..smoothing import Smooth, check_certify_settings, noise_sigma
 from .base import RowResult, SigmaMethod
 
 
+def check_levels(levels) -> list[float]:
+    """The levels, largest first; ConfigError unless they are a non-empty list of distinct numbers > 0."""
+    levels = list(levels) if hasattr(levels, "__iter__") and not isinstance(levels, str) else levels
+    ok = isinstance(levels, list) and len(levels) >= 1 and all(
+        isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in levels)
+    check(ok and len(set(float(s) for s in levels)) == len(levels), "levels", levels,
+          "a non-empty list of distinct numbers > 0, e.g. [1.0, 0.5, 0.25]")
+    return sorted((float(s) for s in levels), reverse=True)
+
+
 class _FiniteLevels(SigmaMethod):
     guarantee = "sound"
     extra_columns = ("level", "limited_by")
 
-    def __init__(self, levels=(1.0, 0.5, 0.25), p0: float = 0.5):
-        levels = list(levels) if hasattr(levels, "__iter__") and not isinstance(levels, str) else levels
-        ok = isinstance(levels, list) and len(levels) >= 1 and all(
-            isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in levels)
-        check(ok and len(set(float(s) for s in levels)) == len(levels), "levels", levels,
-              "a non-empty list of distinct numbers > 0, e.g. [1.0, 0.5, 0.25]")
+    def __init__(self, levels=(1.0, 0.5, 0.25), p0: float = 0.5, experts=None):
+        self.levels = check_levels(levels)
         check(isinstance(p0, (int, float)) and not isinstance(p0, bool) and 0.5 <= p0 < 1, "p0", p0,
               "a number in [0.5, 1)")
-        self.levels = sorted((float(s) for s in levels), reverse=True)
         self.p0 = float(p0)
+        self.experts = experts
 
     def rule(self, levels, candidates, p_lower, p_upper) -> LevelCertificate:
         raise NotImplementedError

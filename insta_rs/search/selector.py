@@ -74,7 +74,9 @@ class SelectorSigma(SigmaMethod):
     guarantee = "sound"
     extra_columns = ("level", "radius_selector", "radius_classifier", "pA_lower_selector", "limited_by")
 
-    def __init__(self, ckpt_path: str, selector_n0: int | None = None, selector_n: int | None = None):
+    def __init__(self, ckpt_path: str, selector_n0: int | None = None, selector_n: int | None = None,
+                 experts=None):
+        self.experts = experts
         check(ckpt_path is not None and str(ckpt_path) not in ("", "???"), "ckpt_path", ckpt_path,
               "the selector.pt written by python train.py train=selector base_ckpt=PATH")
         self.ckpt_path = str(ckpt_path)
