@@ -93,7 +93,8 @@ def train_selector(cfg: DictConfig, run_dir: Path) -> None:
     trainer_kwargs.update(logger=loggers or False, default_root_dir=str(run_dir))
     device = "cuda" if str(trainer_kwargs.get("accelerator")) in ("gpu", "cuda") else "cpu"
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the selector's initial weights follow the seed
-    path = fit_selector(load_run(base_ckpt), settings, run_dir, trainer_kwargs, seed=cfg.seed, device=device)
+    path = fit_selector(load_run(base_ckpt), settings, run_dir, trainer_kwargs, seed=cfg.seed, device=device,
+                        experts=config.get("experts"))
     print(f"wrote {path}")
     return None
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoints import SELECTOR_FILE, SELECTOR_FORMAT, TrainedRun, build_selector_network, save_selector
 from .errors import check, settings_from_config
+from .experts import load_experts
 from .search.selector import check_levels
 from .selector_labels import (
     LABEL_MODES,
@@ -139,23 +140,39 @@ class SelectorClassifier(pl.LightningModule):
         checkpoint["insta_rs_selector"] = self.meta
 
 
-def base_targets(base: TrainedRun, settings: SelectorSettings, seed: int, device=None):
+def base_targets(base: TrainedRun, settings: SelectorSettings, seed: int, device=None, experts=None):
     """(train split, sigma table, targets): the base run's train split, its sigma table (checked against
     the split) and the selector's targets for it; ``best_radius`` runs the base classifier on ``device``
-    (default CPU, put back there afterwards) with draws seeded by ``seed``."""
-    table = read_sigma_table(base.run_dir)
+    (default CPU, put back there afterwards) with draws seeded by ``seed``. With ``experts`` (a
+    ``LevelExperts``) the labels are best_radius by the experts on every training input (``whole_split``)."""
     split = base.source.split("train")
-    check_table_fits(table, split, base.run_dir / SIGMA_TABLE_FILE)
+    if experts is None:
+        table = read_sigma_table(base.run_dir)
+        check_table_fits(table, split, base.run_dir / SIGMA_TABLE_FILE)
+    else:
+        check(settings.label_mode == "best_radius", "label_mode", settings.label_mode,
+              "best_radius with experts (nearest rounds a sigma table, which experts do not have)")
+        table = whole_split(split)
     generator = torch.Generator(device=device or "cpu").manual_seed(int(seed))
-    model = base.model.to(device or "cpu")
+    network = base.model if experts is None else experts
+    model = network.to(device or "cpu")
     try:
         targets = selector_targets(settings, table, split, model, base.num_classes, generator, device)
     finally:
-        base.model.to("cpu")
+        network.to("cpu")
     return split, table, targets
 
 
-def selector_record(base: TrainedRun, settings: SelectorSettings, seed: int, targets: torch.Tensor) -> dict:
+def whole_split(split) -> dict:
+    """A table of every example of ``split`` (idx, label), for labels that need no learned sigmas."""
+    targets = getattr(split, "targets", None)
+    labels = torch.as_tensor(list(targets) if targets is not None else [int(split[i][1]) for i in range(len(split))],
+                             dtype=torch.long)
+    return {"idx": torch.arange(len(split)), "label": labels, "sigma": torch.full((len(split),), float("nan"))}
+
+
+def selector_record(base: TrainedRun, settings: SelectorSettings, seed: int, targets: torch.Tensor,
+                    experts_sha256: dict | None = None) -> dict:
     """The selector file's record: what certification needs (format, levels, sigma_sel, the data set's
     description, the network, the classifier it belongs to) and how it was trained."""
     return {
@@ -167,6 +184,7 @@ def selector_record(base: TrainedRun, settings: SelectorSettings, seed: int, tar
         "seed": int(seed),
         "base_ckpt": str(base.path.resolve()),
         "base_sha256": base.sha256,
+        "experts_sha256": experts_sha256,
         "dataset_info": dataclasses.asdict(base.source.info),
         "network": {"name": "small_cnn", "width": int(settings.width), "hidden": int(settings.hidden)},
         "label_counts": label_counts(targets, len(settings.levels)),
@@ -174,7 +192,7 @@ def selector_record(base: TrainedRun, settings: SelectorSettings, seed: int, tar
 
 
 def fit_selector(base: TrainedRun, settings: SelectorSettings, run_dir: str | Path = ".",
-                 trainer_kwargs: dict | None = None, seed: int = 0, device=None) -> Path:
+                 trainer_kwargs: dict | None = None, seed: int = 0, device=None, experts=None) -> Path:
     """Train a sigma selector for the base classifier of ``base`` and save it; returns the file's path.
 
     Reads ``train_sigma.pt`` in the base run's directory, computes the targets (``base_targets``), and fits
@@ -182,14 +200,16 @@ def fit_selector(base: TrainedRun, settings: SelectorSettings, run_dir: str | Pa
     (defaults: CPU, no logger, no checkpointing, no progress bar; ``trainer_kwargs`` overrides them, e.g.
     with loggers and an accelerator). ``seed`` seeds the label draws; the network's initial weights and the
     batch order come from the global RNGs, so seed them before ``load_run`` for a reproducible selector
-    (train.py calls ``pl.seed_everything(seed)`` first). Writes ``run_dir/selector.pt`` (rank 0; see
+    (train.py calls ``pl.seed_everything(seed)`` first). ``experts``: {level: checkpoint}, one base classifier
+    per level (``insta_rs.experts``) that labels every training input; the file records their SHA-256. Writes ``run_dir/selector.pt`` (rank 0; see
     ``insta_rs.checkpoints.save_selector``).
     """
-    split, table, targets = base_targets(base, settings, seed, device)
+    routed, digests = load_experts(experts, base) if experts else (None, None)
+    split, table, targets = base_targets(base, settings, seed, device, routed)
     info = base.source.info
     network = build_selector_network(len(settings.levels), info.input_shape, info.mean, info.std, settings.width,
                                      settings.hidden)
-    record = selector_record(base, settings, seed, targets)
+    record = selector_record(base, settings, seed, targets, digests)
     module = SelectorClassifier(network, settings.sigma, lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay, epochs=settings.epochs, meta=record)
     examples = TableExamples(split, table["idx"].reshape(-1), targets)

@@ -48,8 +48,8 @@ def experts(tmp_path_factory) -> dict[float, Path]:
     return {0.25: BASE, 0.5: edited_checkpoint(folder / "other.ckpt", permute_last_layer)}
 
 
-def experts_override(experts: dict[float, Path]) -> str:
-    return "+sigma_search.experts={" + ",".join(f"{s}:{p}" for s, p in experts.items()) + "}"
+def experts_override(experts: dict[float, Path], key: str = "sigma_search.experts") -> str:
+    return key + "={" + ",".join(f"{s}:{p}" for s, p in experts.items()) + "}"
 
 
 def in_memory_rows(method, experts: dict[float, Path], indices) -> pd.DataFrame:
@@ -77,7 +77,7 @@ def test_routing_sends_each_row_to_its_levels_expert(experts):
                                          ("best_level", BestLevelSearch(levels=[0.5, 0.25]))])
 def test_experts_from_checkpoints_give_the_rows_of_a_model_holding_those_experts(tmp_path, experts, name, method):
     run_script("certify.py", *CERTIFY, f"sigma_search={name}", "sigma_search.levels=[0.5,0.25]",
-               experts_override(experts).replace("+", "", 1), f"hydra.run.dir={tmp_path}")
+               experts_override(experts), f"hydra.run.dir={tmp_path}")
     written = pd.read_csv(tmp_path / "certify.tsv", sep="\t")
     expected = in_memory_rows(method, experts, written["idx"].tolist())
     for column in ("predict", "radius", "pA_lower", "sigma", "level", "guarantee"):
@@ -124,11 +124,29 @@ def test_refusals_are_one_line(tmp_path, experts):
     classes = edited_checkpoint(tmp_path / "classes.ckpt", set_classes)
     channels = edited_checkpoint(tmp_path / "channels.ckpt", set_channels)
     code, line = refused("sigma_search=grid", "sigma_search.levels=[0.5,0.25]",
-                         experts_override({0.25: BASE, 0.5: classes}).replace("+", "", 1))
+                         experts_override({0.25: BASE, 0.5: classes}))
     assert code == 1 and "experts[0.5]" in line and "classes" in line
     code, line = refused("sigma_search=grid", "sigma_search.levels=[0.5,0.25]",
-                         experts_override({0.25: BASE, 0.5: channels}).replace("+", "", 1))
+                         experts_override({0.25: BASE, 0.5: channels}))
     assert code == 1 and "experts[0.5]" in line and "channel" in line
     code, line = refused("sigma_search=grid", "sigma_search.levels=[1.0,0.5,0.25]",
-                         experts_override(experts).replace("+", "", 1))
+                         experts_override(experts))
     assert code == 2 and "sigma=1 has no expert" in line
+
+
+def test_selector_with_experts_trains_certifies_and_is_pinned_to_its_experts(tmp_path, experts):
+    run_script("train.py", "train=selector", f"base_ckpt={BASE}", experts_override(experts, "experts"),
+               "selector.levels=[0.25,0.5]", "selector.epochs=1", "selector.draws=4", "logger=none",
+               f"hydra.run.dir={tmp_path / 'selector'}")
+    selector = tmp_path / "selector" / "selector.pt"
+    record = torch.load(selector, map_location="cpu", weights_only=True)["insta_rs_selector"]
+    assert set(record["experts_sha256"]) == {"0.25", "0.5"}
+    with_experts = ["sigma_search=selector", f"sigma_search.ckpt_path={selector}"]
+    run_script("certify.py", *CERTIFY, *with_experts, experts_override(experts),
+               f"hydra.run.dir={tmp_path / 'certify'}")
+    rows = pd.read_csv(tmp_path / "certify" / "certify.tsv", sep="\t")
+    assert len(rows) == 3 and set(rows["guarantee"]) == {"sound"}
+    for overrides in ([], [experts_override({0.25: experts[0.5], 0.5: experts[0.25]})]):
+        result = run_script("certify.py", *CERTIFY, *with_experts, *overrides,
+                            f"hydra.run.dir={tmp_path / 'refused'}", check=False)
+        assert result.returncode == 1 and "experts" in result.stderr and "Traceback" not in result.stderr

@@ -101,6 +101,10 @@ class SelectorSigma(SigmaMethod):
                                   f"{record.get('base_ckpt')!r} (sha256 {str(record.get('base_sha256'))[:12]}...), not "
                                   f"for {str(context.ckpt_path)!r} (sha256 {digest[:12]}...): train a selector "
                                   "for this checkpoint with train=selector base_ckpt=PATH")
+        if record.get("experts_sha256") != context.experts_sha256:
+            wanted = "the experts it was trained with" if record.get("experts_sha256") else "no experts"
+            raise CheckpointError(f"the selector {self.ckpt_path!r} was trained for {wanted}, not for this "
+                                  "sigma_search.experts: certify with the experts of its train=selector run")
         info = getattr(context.source, "info", None)
         shape = tuple(record["dataset_info"]["input_shape"])
         if info is not None and tuple(info.input_shape) != shape:
