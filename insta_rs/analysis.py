@@ -333,16 +333,18 @@ def _save_atomic(fig, path: str | Path) -> None:
 
 
 def plot_certified_accuracy(curves: dict[str, tuple[list[float], list[float]]], path: str | Path,
-                            title: str | None = None) -> None:
+                            title: str | None = None, dashed: Iterable[str] = ()) -> None:
     """Write a PNG of certified accuracy (y) against radius (x), one step curve per entry of
     ``curves`` ({legend label: (radii, accuracies)}, e.g. from ``certified_accuracy_curve``); callers
-    put the guarantee label in the legend label. Written atomically (temporary file + os.replace)."""
+    put the guarantee label in the legend label. Labels in ``dashed`` (the envelope) are black dashed. Written atomically (temporary file + os.replace)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
+    dashed = set(dashed)
     for label, (radii, acc) in curves.items():
-        ax.plot(radii, acc, drawstyle="steps-post", label=str(label))
+        style = {"linestyle": "--", "color": "black", "linewidth": 1.2} if label in dashed else {}
+        ax.plot(radii, acc, drawstyle="steps-post", label=str(label), **style)
     ax.set_xlabel("radius (L2)")
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(-0.02, 1.02)
@@ -413,6 +415,39 @@ def comparison_table(runs: Sequence[tuple[str, pd.DataFrame]], radii: Sequence[f
                "abstain_rate", "seconds_per_input"]
     records.sort(key=lambda record: record.pop("_order"))
     return pd.DataFrame.from_records(records, columns=columns)
+
+
+ENVELOPE_LABEL = "envelope (best fixed sigma)"
+
+
+def fixed_sigma_envelope(runs: Sequence[tuple[str, pd.DataFrame]], radii: Sequence[float]
+                         ) -> tuple[dict, dict[float, str]]:
+    """The fixed-sigma envelope of several sound fixed-sigma runs (issue 13): at each radius r of ``radii``,
+    the largest certified accuracy among the runs, and which run gave it. Returns (a ``comparison_table``
+    record with run = ENVELOPE_LABEL, guarantee ``sound``, acc@r the maxima, clean_accuracy = acc at 0 of the
+    run best at 0, acr None: the envelope is not one classifier), {r: label of the run that reaches it; the
+    first in the given order on ties}). The runs should certify the same inputs (``rows`` is the largest)."""
+    if not runs:
+        raise ValueError("runs: the envelope needs at least one sound fixed-sigma run")
+    per_run = [(label, certified_accuracy(df["radius"], df["correct"], radii)) for label, df in runs]
+    best, sources = {}, {}
+    for r in radii:
+        label, acc = max(per_run, key=lambda item: item[1][float(r)])  # max keeps the first of equal values
+        best[float(r)], sources[float(r)] = acc[float(r)], label
+    record = {"run": ENVELOPE_LABEL, "guarantee": "sound", "rows": max(len(df) for _, df in runs), "acr": None,
+              **{f"acc@{float(r):g}": best[float(r)] for r in radii},
+              "clean_accuracy": max(float((df["correct"] == 1).mean()) for _, df in runs),
+              "abstain_rate": None, "seconds_per_input": None}
+    return record, sources
+
+
+def envelope_curve(curves: Sequence[tuple[list[float], list[float]]]) -> tuple[list[float], list[float]]:
+    """The pointwise maximum of certified-accuracy curves sampled on one grid (``certified_accuracy_curve``
+    with the same max_radius and points)."""
+    grid = curves[0][0]
+    if any(len(radii) != len(grid) or not np.allclose(radii, grid) for radii, _ in curves):
+        raise ValueError("curves: the envelope needs curves sampled on one radius grid")
+    return list(grid), [float(v) for v in np.max(np.array([acc for _, acc in curves], dtype=float), axis=0)]
 
 
 def _fmt_seconds(value) -> str:

@@ -1,6 +1,7 @@
 """Compare certification runs: one table and one overlaid curve, rows labelled by what differs between runs.
 
-    python -m insta_rs.compare PATH [PATH ...] [--radii 0,0.25,...] [--dataset imagenet] [--out DIR] [--wandb [MODE]]
+    python -m insta_rs.compare PATH [PATH ...] [--radii 0,0.25,...] [--dataset imagenet] [--envelope] [--out DIR]
+                               [--wandb [MODE]]
 
 Each PATH is one of (any mix):
 - a certification run directory (certify.py's run directory: ``certify.tsv`` and, in ``.hydra/config.yaml``,
@@ -27,7 +28,9 @@ so rows of different guarantees are never ranked together (``analysis.comparison
 CIFAR-10's otherwise. ``--out DIR`` writes DIR/compare.md, DIR/compare.csv (the same table, plus each run's
 source and its label settings as columns) and DIR/compare.png (one curve per row). ``--wandb`` logs the table
 and the curves as one W&B line plot with a series per row (offline by default, under DIR or the current
-folder). Errors: one line on stderr, exit code 1 for data, 2 for options.
+folder). ``--envelope`` adds the fixed-sigma envelope (``analysis.fixed_sigma_envelope``): at each radius the
+best certified accuracy among the sound fixed-sigma runs given, as a row among the sound rows, a dashed curve,
+and a note naming the run each value comes from. Errors: one line on stderr, exit code 1 for data, 2 for options.
 """
 
 from __future__ import annotations
@@ -336,9 +339,38 @@ class Comparison:
     group: str = "compare"  # the W&B group: the runs' experiment_name when they share one
 
 
-def compare(paths: Sequence[str | Path], radii: Sequence[float] | None = None, dataset: str | None = None
-            ) -> Comparison:
-    """Read every run, label it, and build the comparison (module docstring)."""
+FIXED_TARGET = "insta_rs.search.base.FixedSigma"
+
+
+def is_fixed_sigma(run: Run, frame: pd.DataFrame) -> bool:
+    """A sound fixed-sigma run: certified with ``sigma_search=fixed`` (its config says so), or a file without
+    a config (Cohen et al.'s, or a bare TSV) whose rows all carry ``sound`` and one sigma."""
+    if (frame["guarantee"].astype(str) != "sound").any() or len(frame) == 0:
+        return False
+    if run.settings is not None:
+        return run.settings.get("sigma_search._target_") == FIXED_TARGET
+    return frame["sigma"].nunique() == 1
+
+
+def add_envelope(table: pd.DataFrame, runs: Sequence[tuple[str, pd.DataFrame]], radii: Sequence[float]
+                 ) -> tuple[pd.DataFrame, str]:
+    """The table with the fixed-sigma envelope row after the last sound row, and a note naming the run
+    each radius's value comes from."""
+    record, sources = analysis.fixed_sigma_envelope(runs, radii)
+    sound = table.index[table["guarantee"] == "sound"]
+    at = int(sound.max()) + 1 if len(sound) else 0
+    row = pd.DataFrame([{column: record.get(column) for column in table.columns}])
+    table = pd.concat([table.iloc[:at], row, table.iloc[at:]], ignore_index=True)
+    note = (f"{analysis.ENVELOPE_LABEL}: at each radius the best certified accuracy among the {len(runs)} sound "
+            f"fixed-sigma rows ({'; '.join(label for label, _ in runs)}); from: "
+            + ", ".join(f"r={r:g} {label}" for r, label in sources.items()))
+    return table, note
+
+
+def compare(paths: Sequence[str | Path], radii: Sequence[float] | None = None, dataset: str | None = None,
+            envelope: bool = False) -> Comparison:
+    """Read every run, label it, and build the comparison (module docstring). ``envelope``: add the
+    fixed-sigma envelope of the sound fixed-sigma runs (a row, a dashed curve and a note naming its runs)."""
     runs = collect_runs(paths)
     if radii is None:
         radii = analysis.radius_grid(dataset) if dataset is not None else infer_radii(runs)
@@ -346,7 +378,15 @@ def compare(paths: Sequence[str | Path], radii: Sequence[float] | None = None, d
     labels, shown = label_runs(runs)
     frames = [analysis.read_certification(run.tsv) for run in runs]
     table = analysis.comparison_table(list(zip(labels, frames)), radii)
-    markdown = analysis.comparison_markdown(table, radii)
+    fixed = [(label, df) for label, df, run in zip(labels, frames, runs) if is_fixed_sigma(run, df)]
+    notes = [note for run in runs for note in run.notes]
+    if envelope:
+        if not fixed:
+            raise DataError("--envelope: none of the runs is a sound fixed-sigma run (sigma_search=fixed, or a "
+                            "Cohen-format file); add the fixed-sigma runs the envelope is taken over")
+        table, note = add_envelope(table, fixed, radii)
+        notes.append(note)
+    markdown = analysis.comparison_markdown(table, radii) + (f"\n{notes[-1]}\n" if envelope else "")
     sources = dict(zip(labels, (str(run.tsv) for run in runs)))
     settings = dict(zip(labels, shown))
     table["source"] = table["run"].map(sources)
@@ -361,7 +401,9 @@ def compare(paths: Sequence[str | Path], radii: Sequence[float] | None = None, d
         for guarantee in sorted(set(guarantees), key=analysis._guarantee_rank):
             curves[f"{label} ({guarantee})"] = analysis.certified_accuracy_curve(df[guarantees == guarantee],
                                                                                  max_radius=max_radius)
-    notes = [note for run in runs for note in run.notes]
+    if envelope:
+        curves[f"{analysis.ENVELOPE_LABEL} (sound)"] = analysis.envelope_curve(
+            [analysis.certified_accuracy_curve(df, max_radius=max_radius) for _, df in fixed])
     experiments = {run.settings.get("experiment_name", run.settings.get(CERTIFY_PREFIX + "experiment_name"))
                    for run in runs if run.settings is not None}
     group = next(iter(experiments)) if len(experiments) == 1 and None not in experiments else "compare"
@@ -379,7 +421,8 @@ def write_outputs(result: Comparison, out: str | Path) -> list[Path]:
         raise ConfigError(f"--out={str(out)!r} cannot be created ({error.strerror}): expected a writable folder") from None
     write_atomic(out / "compare.md", result.markdown)
     write_atomic(out / "compare.csv", result.table.to_csv(index=False))
-    analysis.plot_certified_accuracy(result.curves, out / "compare.png", title="Certified accuracy")
+    analysis.plot_certified_accuracy(result.curves, out / "compare.png", title="Certified accuracy",
+                                     dashed=[label for label in result.curves if label.startswith(analysis.ENVELOPE_LABEL)])
     return [out / "compare.md", out / "compare.csv", out / "compare.png"]
 
 
@@ -418,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default=None,
                         help="standard grid for this data set: imagenet* -> 0,0.5,...,3.5, else 0,0.25,...,2.25")
     parser.add_argument("--out", default=None, metavar="DIR", help="write compare.md, compare.csv, compare.png here")
+    parser.add_argument("--envelope", action="store_true",
+                        help="add the fixed-sigma envelope: at each radius the best certified accuracy among the "
+                             "sound fixed-sigma runs given (a row, a dashed curve, and a note naming its runs)")
     parser.add_argument("--wandb", nargs="?", const="offline", default=None, metavar="MODE",
                         help="log the table and curves to W&B (MODE: offline, the default, or online)")
     parser.add_argument("--wandb-project", default="insta-rs", help="W&B project (default insta-rs)")
@@ -426,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.wandb is not None and args.wandb not in ("offline", "online"):
             raise ConfigError(f"--wandb={args.wandb!r} is invalid: expected offline or online")
         radii = parse_radii(args.radii) if args.radii is not None else None
-        result = compare(args.paths, radii=radii, dataset=args.dataset)
+        result = compare(args.paths, radii=radii, dataset=args.dataset, envelope=args.envelope)
         written = write_outputs(result, args.out) if args.out is not None else []
         if args.wandb is not None:
             log_comparison_to_wandb(result, args.out or ".", mode=args.wandb, project=args.wandb_project,

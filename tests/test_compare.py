@@ -432,3 +432,37 @@ def test_every_experiment_composes_with_its_entry_point(compose, experiment):
     else:
         cfg = compose("train", [f"experiment={experiment}"])
         assert isinstance(instantiate(cfg.train, _convert_="all"), TrainSettings)
+
+
+def test_the_envelope_is_the_per_radius_maximum_of_the_sound_fixed_sigma_rows(tmp_path, capsys):
+    # small: correct at radii 0.3, 0.3, 0.3, wrong; large: correct at 1.2, abstain, abstain, abstain.
+    # acc@0: small 3/4, large 1/4 -> 0.75 (small); acc@0.5: small 0, large 1/4 -> 0.25 (large); acc@1.5: 0 both.
+    small = tmp_path / "small.tsv"
+    small.write_text(HEADER + "".join(f"{i}\t1\t{1 if i < 3 else 2}\t0.3\t{int(i < 3)}\t1.0\t0.25\t0.9\tsound\t0\t0\n"
+                                      for i in range(4)))
+    large = tmp_path / "large.tsv"
+    large.write_text(HEADER + "0\t1\t1\t1.2\t1\t1.0\t1.0\t0.9\tsound\t0\t0\n"
+                     + "".join(f"{i}\t1\t-1\t0.0\t0\t1.0\t1.0\t0.5\tsound\t0\t0\n" for i in (1, 2, 3)))
+    searched = tmp_path / "searched.tsv"  # rows of an instance-wise rule: never part of the envelope
+    searched.write_text(HEADER + "".join(f"{i}\t1\t1\t{2.0 + i}\t1\t1.0\t{0.3 + i}\t0.9\tinstance\t0\t0\n"
+                                         for i in range(4)))
+    radii = (0, 0.25, 0.5, 1.0, 1.5)
+    result = compare([small, large, searched], radii=radii, envelope=True)
+    row = result.table[result.table["run"] == analysis.ENVELOPE_LABEL].iloc[0]
+    assert row["guarantee"] == "sound"
+    assert [row[f"acc@{r:g}"] for r in radii] == pytest.approx([0.75, 0.75, 0.25, 0.25, 0.0])
+    per_run = {label: [result.table[result.table["run"] == label].iloc[0][f"acc@{r:g}"] for r in radii]
+               for label in ("small", "large")}
+    assert [row[f"acc@{r:g}"] for r in radii] == pytest.approx(np.max([per_run["small"], per_run["large"]], axis=0))
+    # among the sound rows, before the instance row; the note names the run behind each value
+    assert list(result.table["guarantee"]) == ["sound", "sound", "sound", "instance"]
+    note = [n for n in result.notes if n.startswith(analysis.ENVELOPE_LABEL)][0]
+    assert "r=0 small" in note and "r=0.5 large" in note and "searched" not in note.split("from:")[1]
+    # the dashed curve is the pointwise maximum of the two fixed-sigma curves
+    grid, envelope = result.curves[f"{analysis.ENVELOPE_LABEL} (sound)"]
+    small_curve, large_curve = result.curves["small (sound)"][1], result.curves["large (sound)"][1]
+    assert envelope == pytest.approx(np.maximum(small_curve, large_curve))
+    assert main([str(small), str(large), "--envelope", "--out", str(tmp_path / "out")]) == 0
+    assert "from: r=0 small" in (tmp_path / "out" / "compare.md").read_text()
+    assert main([str(searched), "--envelope"]) == 1  # no fixed-sigma run to take it over
+    assert "--envelope" in capsys.readouterr().err
