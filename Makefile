@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-quick results-digits results-cifar-jpg results-cifar-jpg-train results-cifar-jpg-certify bench-sequential bench-throughput clean
+.PHONY: install demo test test-quick results-digits results-cifar-jpg results-cifar-jpg-train results-cifar-jpg-certify results-digits-experts-train results-digits-experts-val results-digits-experts bench-sequential bench-throughput clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -94,6 +94,40 @@ results-cifar-jpg-certify: install
 	$(PY) certify.py $(CERTC) ckpt_path=$(INSTA) sigma_search=insta_rs sigma_search.m=64 hydra.run.dir=$(RC)/certify/insta_rs_train/insta_rs
 	$(PY) certify.py -m $(CERTC) ckpt_path=$(ACROSS) sigma_search=grid,cascade 'sigma_search.levels=$(LEVELS)' hydra.sweep.dir=$(RC)/certify/across_sigmas/sound
 	$(PY) -m insta_rs.compare $(RC)/certify --dataset cifar10 --envelope --out $(RC)
+
+# Sound instance-wise rules with one expert per level on digits (issue 15): four Gaussian experts (sigma 0.12,
+# 0.25, 0.5, 1.0; 30 epochs each), the levers chosen on the validation split (all 180 val inputs, n = 2,000),
+# then the test split (every 2nd input, 180 of 360, n = 10,000): the experts' fixed sigma and their envelope,
+# the best-level ceiling (instance), grid and cascade (defaults and the val choice) and the certified selector.
+RD := outputs/results/digits_experts
+DX := $(RD)/train/experts
+DEXPERT_MAP := {0.12:$(DX)/0/checkpoints/last.ckpt,0.25:$(DX)/1/checkpoints/last.ckpt,0.5:$(DX)/2/checkpoints/last.ckpt,1.0:$(DX)/3/checkpoints/last.ckpt}
+DEXPERTS := 'sigma_search.experts=$(DEXPERT_MAP)'
+DVAL := certify=demo certify.split=val certify.n=2000 certify.progress=false logger=none ckpt_path=$(DX)/1/checkpoints/last.ckpt
+DTEST := certify=demo certify.skip=2 certify.progress=false logger=none
+# chosen on the validation split by results-digits-experts-val (README, "Sound rules with experts")
+GRID_P0 ?= 0.5
+GRID_LEVELS ?= [1.0,0.5,0.25,0.12]
+CASCADE_P0 ?= 0.5
+CASCADE_LEVELS ?= [1.0,0.5,0.25,0.12]
+SELECTOR_RUN ?= 0   # job of the selector sweep: 0, 1, 2 = selector.sigma 0.25, 0.5, 1.0
+results-digits-experts-train: install
+	$(PY) train.py -m experiment=digits_results train.sigma=0.12,0.25,0.5,1.0 hydra.sweep.dir=$(DX)
+	$(PY) train.py -m train=selector base_ckpt=$(DX)/1/checkpoints/last.ckpt 'experts=$(DEXPERT_MAP)' selector.sigma=0.25,0.5,1.0 logger=csv hydra.sweep.dir=$(RD)/train/selector
+
+results-digits-experts-val: results-digits-experts-train
+	$(PY) certify.py -m $(DVAL) sigma_search=grid,cascade sigma_search.p0=0.5,0.6,0.7,0.8 'sigma_search.levels=[1.0,0.5,0.25,0.12],[0.5,0.25,0.12]' $(DEXPERTS) hydra.sweep.dir=$(RD)/val/finite
+	$(PY) certify.py -m $(DVAL) sigma_search=selector sigma_search.ckpt_path=$(RD)/train/selector/0/selector.pt,$(RD)/train/selector/1/selector.pt,$(RD)/train/selector/2/selector.pt $(DEXPERTS) hydra.sweep.dir=$(RD)/val/selector
+	$(PY) -m insta_rs.compare $(RD)/val --out $(RD)/val
+
+results-digits-experts: install
+	$(PY) certify.py -m $(DTEST) ckpt_path=$(DX)/0/checkpoints/last.ckpt,$(DX)/1/checkpoints/last.ckpt,$(DX)/2/checkpoints/last.ckpt,$(DX)/3/checkpoints/last.ckpt hydra.sweep.dir=$(RD)/test/fixed
+	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=best_level 'sigma_search.levels=[1.0,0.5,0.25,0.12]' $(DEXPERTS) hydra.run.dir=$(RD)/test/best_level
+	$(PY) certify.py -m $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=grid,cascade 'sigma_search.levels=[1.0,0.5,0.25,0.12]' $(DEXPERTS) hydra.sweep.dir=$(RD)/test/default
+	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=grid sigma_search.p0=$(GRID_P0) 'sigma_search.levels=$(GRID_LEVELS)' $(DEXPERTS) hydra.run.dir=$(RD)/test/grid_chosen
+	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=cascade sigma_search.p0=$(CASCADE_P0) 'sigma_search.levels=$(CASCADE_LEVELS)' $(DEXPERTS) hydra.run.dir=$(RD)/test/cascade_chosen
+	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(RD)/train/selector/$(SELECTOR_RUN)/selector.pt $(DEXPERTS) hydra.run.dir=$(RD)/test/selector
+	$(PY) -m insta_rs.compare $(RD)/test --envelope --out $(RD)/test
 
 # Sequential against fixed certification (issue 12), alpha = 0.001, the same 200 inputs each way: digits
 # (small_cnn, make demo's training; n = 100,000) and the CIFAR-10 JPEG subset (cifar_vgg at sigma 0.25, every
