@@ -22,11 +22,11 @@ install: $(STAMP)
 # one overlaid plot (outputs/demo/compare.png) and the search's per-input sigma histogram
 # (outputs/demo/certify/insta_rs/sigma_hist.png).
 DEMO := outputs/demo
-DEMO_CERT := certify=demo certify.skip=2 logger=none
+DEMO_CERT := certify=demo certify.skip=2 logger=none print_config=false
 demo: install
 	rm -rf $(DEMO)
-	$(PY) train.py experiment=demo logger=csv hydra.run.dir=$(DEMO)/train/fixed
-	$(PY) train.py experiment=demo logger=csv 'train.sigma=[0.12,0.25,0.5,1.0]' hydra.run.dir=$(DEMO)/train/across_sigmas
+	$(PY) train.py experiment=demo logger=csv print_config=false hydra.run.dir=$(DEMO)/train/fixed
+	$(PY) train.py experiment=demo logger=csv print_config=false 'train.sigma=[0.12,0.25,0.5,1.0]' hydra.run.dir=$(DEMO)/train/across_sigmas
 	$(PY) certify.py $(DEMO_CERT) ckpt_path=$(DEMO)/train/fixed/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/certify/fixed
 	$(PY) certify.py $(DEMO_CERT) ckpt_path=$(DEMO)/train/across_sigmas/checkpoints/last.ckpt sigma_search=insta_rs hydra.run.dir=$(DEMO)/certify/insta_rs
 	$(PY) certify.py $(DEMO_CERT) ckpt_path=$(DEMO)/train/across_sigmas/checkpoints/last.ckpt sigma_search=semi_elastic sigma_search.sigma_b=0.25 hydra.run.dir=$(DEMO)/certify/semi_elastic

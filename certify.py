@@ -27,21 +27,20 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 @cli.user_errors
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import instantiate
 
     from insta_rs.certification import CertifySettings, run
-    from insta_rs.checkpoints import load_run
 
     hydra_config = HydraConfig.get()
     cli.share_sweep_dir_with_ranks(hydra_config.mode, hydra_config.sweep.dir)
     run_dir = Path(hydra_config.runtime.output_dir).resolve()
     settings = cli.settings(CertifySettings, cfg.certify, "certify")
-    dataset = cli.resolved(cfg.get("dataset"))
-    trained = load_run(cfg.ckpt_path, source=None if dataset is None else instantiate(dataset), source_spec=dataset)
+    trained = cli.trained_run(cfg.ckpt_path, cli.resolved(cfg.get("dataset")))
     spec = cli.method_spec(cfg.sigma_search, trained)
     method = cli.build_group(spec, "sigma_search", _convert_="all")
-    result = run(trained, method, spec, settings, seed=cfg.seed, run_dir=run_dir,
-                 make_trainer=cli.certification_trainer(cfg.trainer, run_dir), wandb=cli.wandb_settings(cfg))
+    # an image that cannot be read is met as certification reads it; the split's size is checked there too
+    with cli.data_errors(trained.source_spec), cli.group_errors(cfg.certify, "certify"):
+        result = run(trained, method, spec, settings, seed=cfg.seed, run_dir=run_dir,
+                     make_trainer=cli.certification_trainer(cfg.trainer, run_dir), wandb=cli.wandb_settings(cfg))
     return None if result is None else result.summary["acr"]  # None on DDP ranks other than 0
 
 

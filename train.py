@@ -18,8 +18,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from insta_rs.cli import settings as cli_settings
-from insta_rs.cli import (build_group, check_group_choices, pinned_sweep_dir, register_configs, resolved, run_hydra,
-                          share_sweep_dir_with_ranks, user_errors)
+from insta_rs.cli import (build_group, check_group_choices, data_errors, pinned_sweep_dir, register_configs, resolved,
+                          run_hydra, share_sweep_dir_with_ranks, training_loggers, user_errors)
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -52,26 +52,26 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("selector") is not None:  # train=selector: fit a sigma selector for base_ckpt
         return train_selector(cfg, run_dir)
     settings = build_group(resolved(cfg.train), "train", _convert_="all")
-    source = instantiate(cfg.dataset)
+    source = build_group(cfg.dataset, "dataset")
     info = source.info
     model = instantiate(cfg.model, num_classes=info.num_classes, input_shape=tuple(info.input_shape),
                         mean=tuple(info.mean), std=tuple(info.std))
     config = OmegaConf.to_container(cfg, resolve=True)
     module = SmoothingClassifier(model, info.num_classes, settings, config=config, dataset_info=dataclasses.asdict(info),
                                  num_train=len(source.split("train")), run_dir=run_dir, seed=cfg.seed)
-    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    loggers = training_loggers(cfg)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
     make_trainer = functools.partial(instantiate, cfg.trainer, logger=loggers or False, callbacks=callbacks,
                                      default_root_dir=str(run_dir))
     datamodule = SmoothingDataModule(source, batch_size=settings.batch_size, num_workers=cfg.num_workers)
-    return fit(module, datamodule, cfg.ckpt_path, OmegaConf.to_yaml(config), make_trainer)
+    with data_errors(cfg.dataset):  # an image that cannot be read is met as training reads it
+        return fit(module, datamodule, cfg.ckpt_path, OmegaConf.to_yaml(config), make_trainer)
 
 
 def train_selector(cfg: DictConfig, run_dir: Path) -> None:
     """``train=selector base_ckpt=PATH``: fit the certified sigma selector (ALGORITHMS.md 3d) on the base
     run's train_sigma.pt; writes selector.pt. No checkpoint callbacks: the selector has no validation loop."""
     import pytorch_lightning as pl
-    from hydra.utils import instantiate
 
     from insta_rs.checkpoints import load_run
     from insta_rs.errors import CheckpointError, ConfigError
@@ -88,7 +88,7 @@ def train_selector(cfg: DictConfig, run_dir: Path) -> None:
         raise CheckpointError(f"base_ckpt={str(base_ckpt)!r} does not exist: give the base run's checkpoint "
                               "(<run dir>/checkpoints/last.ckpt of a train=insta_rs run)")
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config))
-    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    loggers = training_loggers(cfg)
     trainer_kwargs = {k: v for k, v in config["trainer"].items() if k != "_target_"}
     trainer_kwargs.update(logger=loggers or False, default_root_dir=str(run_dir))
     device = "cuda" if str(trainer_kwargs.get("accelerator")) in ("gpu", "cuda") else "cpu"

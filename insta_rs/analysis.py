@@ -359,30 +359,96 @@ def plot_certified_accuracy(curves: dict[str, tuple[list[float], list[float]]], 
 
 
 def plot_sigma_histogram(sigmas, path: str | Path, title: str | None = None) -> None:
-    """Write a PNG histogram of the per-input sigmas (finite, positive values); the x axis is
-    logarithmic with log-spaced bins when max/min > 4, linear otherwise. Written atomically."""
+    """Write ``sigma_histogram_figure(sigmas, title)`` as a PNG, atomically."""
+    _save_atomic(sigma_histogram_figure(sigmas, title), path)
+
+
+def sigma_histogram_figure(sigmas, title: str | None = None):
+    """A histogram of the per-input sigmas (finite, positive values) on a linear axis from 0 with plain tick
+    labels (0.5, 1, 1.5): one sigma for every input (a fixed-sigma run) is one bar at that sigma, a spread of
+    sigmas shows as one. A matplotlib Figure (Agg canvas, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
     values = np.asarray([s for s in sigmas if s is not None], dtype=float)
     values = values[np.isfinite(values) & (values > 0)]
     fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if values.size == 0:
         ax.text(0.5, 0.5, "no finite sigma", ha="center", va="center", transform=ax.transAxes)
-    elif values.max() / values.min() > 4:
-        ax.hist(values, bins=np.geomspace(values.min(), values.max(), 31))
-        ax.set_xscale("log")
     else:
-        ax.hist(values, bins=30)
-    from matplotlib.ticker import MaxNLocator
-
+        top = 1.1 * float(values.max())
+        ax.hist(values, bins=np.linspace(0.0, top, 41))
+        ax.set_xlim(0.0, top)
+        formatter = ScalarFormatter(useOffset=False)
+        formatter.set_scientific(False)
+        ax.xaxis.set_major_formatter(formatter)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("sigma")
     ax.set_ylabel("inputs")
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    _save_atomic(fig, path)
+    return fig
+
+
+def single_sigma(df: pd.DataFrame) -> float | None:
+    """The sigma every row with a finite sigma shares (a fixed-sigma run), None when they differ or none has one."""
+    if "sigma" not in df.columns:
+        return None
+    sigma = df["sigma"].to_numpy(dtype=float)
+    sigma = np.unique(sigma[np.isfinite(sigma)])
+    return float(sigma[0]) if sigma.size == 1 else None
+
+
+def curve_label(run: str | None, method: str | None, guarantee: str, sigma: float | None = None,
+                levels: Sequence[float] | None = None, n: int | None = None, alpha: float | None = None) -> str:
+    """The legend of one certified-accuracy curve, with what is known of how it was certified:
+    ``<run>: fixed sigma=0.25 (sound, n=10000, alpha=0.001)``, ``<run>: grid levels=1,0.5,0.25 (sound, n=2000,
+    alpha=0.001)``, ``<run>: insta_rs (instance, n=2000, alpha=0.001)``; unknown parts are left out
+    (``cohen: sigma=0.25 (sound)``, ``cohen (sound)``)."""
+    head = " ".join(part for part in (
+        method or "",
+        f"sigma={float(sigma):g}" if sigma is not None else "",
+        "levels=" + ",".join(f"{float(level):g}" for level in levels) if levels else "") if part)
+    details = [str(guarantee), *([f"n={int(n)}"] if n is not None else []),
+               *([f"alpha={float(alpha):g}"] if alpha is not None else [])]
+    label = f"{run}: {head}" if run and head else (run or head)
+    return f"{label} ({', '.join(details)})" if label else f"({', '.join(details)})"
+
+
+def path_labels(paths: Sequence[str | Path]) -> list[str]:
+    """For each path, the shortest end of it (last folder names) that no other path ends with; a certify.tsv
+    stands for its folder, and a .tsv/.txt extension is dropped. An end that is a number (a Hydra multirun's
+    job folder, ``<sweep>/0``) keeps its parent folder too: ``12-00-00/0``, not ``0``."""
+    parts = []
+    for path in paths:
+        path = Path(path).resolve()
+        if path.name == "certify.tsv":
+            path = path.parent
+        elif path.suffix.lower() in (".tsv", ".txt"):
+            path = path.with_suffix("")
+        parts.append([p for p in path.parts if p != path.anchor] or [str(path)])
+    labels = []
+    for i, mine in enumerate(parts):
+        others = [p for j, p in enumerate(parts) if j != i and p != mine]
+        depth = next((d for d in range(1, len(mine) + 1) if all(p[-d:] != mine[-d:] for p in others)), len(mine))
+        if mine[-depth].isdigit() and depth < len(mine):
+            depth += 1
+        labels.append("/".join(mine[-depth:]))
+    return labels
+
+
+def guarantee_note(labels: Iterable[str]) -> str:
+    """The note printed under a table whose rows carry more than one guarantee label ("" for one label): rows
+    of different guarantees are not to be ranked together (ALGORITHMS.md section 3)."""
+    labels = sorted(set(str(label) for label in labels), key=_guarantee_rank)
+    if len(labels) <= 1:
+        return ""
+    return (f"\nGuarantees differ between rows ({', '.join(labels)}): rows are grouped by guarantee; compare "
+            f"numbers only within one (README, Guarantees).\n")
 
 
 # ------------------------------------------------------------------------------------------- comparison
@@ -467,9 +533,4 @@ def comparison_markdown(table: pd.DataFrame, radii: Sequence[float]) -> str:
                  *(_fmt(row[c]) for c in acc_columns), _fmt(row["clean_accuracy"]), _fmt(row["abstain_rate"]),
                  _fmt_seconds(row["seconds_per_input"])]
         lines.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    labels = sorted(set(table["guarantee"].astype(str)), key=_guarantee_rank)
-    if len(labels) > 1:
-        text += (f"\nGuarantees differ between rows ({', '.join(labels)}): rows are grouped by guarantee; compare "
-                 f"numbers only within one (README, Guarantees).\n")
-    return text
+    return "\n".join(lines) + "\n" + guarantee_note(table["guarantee"])

@@ -4,10 +4,12 @@
 
 Prints a markdown table with one row per (file, guarantee label): rows, ACR, certified accuracy
 at each radius of the grid, abstain rate (ALGORITHMS.md section 5). Rows of different guarantee
-labels are never pooled. A file is labelled by its stem, or by its folder's name when the stem is
-``certify`` (the name certify.py writes). The grid is ``--radii`` if given, else the standard grid
+labels are never pooled, and a table that holds several prints the note that ``compare`` prints.
+A file is labelled as ``compare`` labels files: by the shortest end of its path that tells it from the
+others (a certify.tsv by its folder; a numbered folder of a Hydra multirun with its parent: ``12-00-00/0``).
+The grid is ``--radii`` if given, else the standard grid
 of ``--dataset`` (ImageNet's for imagenet*, CIFAR-10's otherwise). With ``--out DIR`` also writes
-DIR/table.md and DIR/certified_accuracy.png (one curve per file and guarantee).
+DIR/table.md and DIR/certified_accuracy.png (one curve per file and guarantee, with the sigma its rows share).
 A missing or malformed file: one line on stderr, exit code 1; a bad option value: exit code 2.
 """
 
@@ -33,13 +35,12 @@ def parse_radii(text: str) -> tuple[float, ...]:
 
 
 def run_labels(paths: list[Path]) -> list[str]:
-    """A label per file: its stem (the name less a ``.tsv``/``.txt`` extension, so Cohen et al.'s
-    ``sigma_0.25`` stays whole), or its folder's name when the stem is ``certify``; repeated labels
-    get a suffix `` #2``, `` #3``, ... in the order given."""
+    """A label per file: the shortest end of its path that no other file's path ends with
+    (``analysis.path_labels``: a certify.tsv stands for its folder, a ``.tsv``/``.txt`` extension is dropped, so
+    Cohen et al.'s ``sigma_0.25`` stays whole; a numbered folder keeps its parent); a file given twice gets a
+    suffix `` #2``, `` #3``, ... in the order given."""
     labels, seen = [], {}
-    for path in paths:
-        stem = path.stem if path.suffix.lower() in (".tsv", ".txt") else path.name
-        base = (path.resolve().parent.name or stem) if stem == "certify" else stem
+    for base in analysis.path_labels(paths):
         seen[base] = seen.get(base, 0) + 1
         labels.append(base if seen[base] == 1 else f"{base} #{seen[base]}")
     return labels
@@ -52,6 +53,7 @@ def analyze(paths: list[str | Path], radii: tuple[float, ...], out: str | Path |
     frames = {label: analysis.read_certification(p) for label, p in zip(run_labels(paths), paths)}
     summaries = {label: analysis.summarize_by_guarantee(df, radii) for label, df in frames.items()}
     table = analysis.markdown_table(summaries, radii)
+    table += analysis.guarantee_note(guarantee for by in summaries.values() for guarantee in by)
     if out is not None:
         from .certification_file import write_atomic
 
@@ -67,7 +69,8 @@ def analyze(paths: list[str | Path], radii: tuple[float, ...], out: str | Path |
         for label, df in frames.items():
             for guarantee in summaries[label]:
                 subset = df[df["guarantee"].astype(str) == guarantee]
-                curves[f"{label} ({guarantee})"] = analysis.certified_accuracy_curve(subset, max_radius=max_radius)
+                legend = analysis.curve_label(label, None, guarantee, sigma=analysis.single_sigma(subset))
+                curves[legend] = analysis.certified_accuracy_curve(subset, max_radius=max_radius)
         write_atomic(out / "table.md", table)
         analysis.plot_certified_accuracy(curves, out / "certified_accuracy.png", title="Certified accuracy")
     return table

@@ -521,7 +521,7 @@ def _certify_rows(trained, settings, dataset, indices, seed: int, sigma_search: 
     from .search.base import SearchContext
 
     spec = {"_target_": "insta_rs.search.base.FixedSigma", "sigma": trained.trained_sigma} \
-        if sigma_search == "fixed" else {"_target_": f"insta_rs.search.finite_set.{sigma_search}"}
+        if sigma_search == "fixed" else {"_target_": f"insta_rs.search.finite_set.{SIGMA_SEARCHES[sigma_search]}"}
     method = build_from_spec(spec, "insta_rs.search", "sigma_search")
     smooth = Smooth(trained.model, trained.num_classes, batch_size=settings.batch_size, device="cpu")
     smooth.sequential = settings.plan
@@ -609,37 +609,88 @@ def _batch_sizes(text: str) -> list[int]:
     return sizes
 
 
+COMMANDS = {
+    "certify": "our certification (Smooth.certify_batch) against a naive per-input loop and the bare forward pass, "
+               "in noise draws per second; --ranks R: sharded over R CPU processes against one",
+    "search": "the Insta-RS sigma search's draws and seconds as a fraction of the certification that follows it",
+    "sequential": "fixed against sequential certification of a trained checkpoint: draws, seconds and certified "
+                  "accuracy, with their ratios",
+    "throughput": "certification throughput (draws per second of Smooth.certify) of several models side by side",
+}
+ALL = tuple(COMMANDS)
+SIGMA_SEARCHES = {"fixed": None, "grid": "BestLevelSigma", "cascade": "CascadeSigma",
+                  "BestLevelSigma": "BestLevelSigma", "CascadeSigma": "CascadeSigma"}  # the class names still work
+
+# every flag once: (flags, argparse keywords, the subcommands that take it); a subcommand that does not take a
+# flag gets its default, so every subcommand's arguments have every attribute
+FLAGS = [
+    (("--models",), dict(default="cifar_resnet20,cifar_vgg",
+                         help=f"comma-separated models to compare, of {', '.join(MODELS)}"), ("throughput",)),
+    (("--ckpt",), dict(default=None, help="the trained run's checkpoint (<run dir>/checkpoints/last.ckpt)"),
+     ("sequential",)),
+    (("--skip",), dict(type=int, default=1, help="certify every skip-th input of --split"), ("sequential",)),
+    (("--split",), dict(default="test", choices=("test", "val"),
+                        help="the split to certify (val: to choose settings without the test split)"), ("sequential",)),
+    (("--bound",), dict(default="both", choices=("union", "anytime", "both"),
+                        help="the sequential bound(s) to measure against fixed sampling"), ("sequential",)),
+    (("--tolerance",), dict(type=float, default=0.01, help="certify.tolerance of the sequential runs"),
+     ("sequential",)),
+    (("--sigma-search",), dict(default="fixed", choices=tuple(SIGMA_SEARCHES),
+                               help="the method: fixed (at the checkpoint's sigma), grid or cascade"), ("sequential",)),
+    (("--model",), dict(default="small_cnn", choices=MODELS,
+                        help="the network, randomly initialised from --seed (search: small_cnn is first trained "
+                             "briefly on digits)"), ("certify", "search")),
+    (("--n",), dict(type=int, default=None,
+                    help="estimation draws per input (default: 10000 for certify, 100000 otherwise)"), ALL),
+    (("--n0",), dict(type=int, default=100, help="selection draws per input"), ALL),
+    (("--alpha",), dict(type=float, default=0.001, help="failure probability of each certificate"), ALL),
+    (("--sigma",), dict(type=float, default=0.25, help="noise level in pixel units"), ("certify", "throughput")),
+    (("--rows",), dict(type=int, default=None,
+                       help="inputs per measurement (default: certify 2, search 3, sequential 200)"),
+     ("certify", "search", "sequential")),
+    (("--repeats",), dict(type=int, default=3, help="measurements of each path; the median is reported"),
+     ("certify", "throughput")),
+    (("--threads",), dict(type=int, default=None, help="torch.set_num_threads (default: all cores)"), ALL),
+    (("--batch-sizes",), dict(type=_batch_sizes, default=None,
+                              help="forward batch sizes searched for the ceiling (default 128,256,512,1000,2000)"),
+     ("certify",)),
+    (("--batch-size",), dict(type=int, default=1000,
+                             help="certify.batch_size: noise draws per forward pass (certify: with --ranks)"),
+     ("certify", "search", "sequential", "throughput")),
+    (("--channels-last",), dict(choices=("auto", "on", "off"), default="auto",
+                                help="channels_last memory format: on, off, or auto (certify: the faster; "
+                                     "search: on for the CPU)"), ("certify", "search")),
+    (("--autocast",), dict(choices=("none", "bf16", "fp16"), default="none",
+                           help="mixed precision of the forward pass (certify.autocast)"), ("certify",)),
+    (("--compile",), dict(action="store_true", help="torch.compile the model (certify.compile)"), ("certify",)),
+    (("--device",), dict(default="cpu", help="torch device: cpu, cuda, cuda:1, ..."), ("certify", "search")),
+    (("--train-steps",), dict(type=int, default=300, help="SGD steps on digits before the search (small_cnn)"),
+     ("search",)),
+    (("--ranks",), dict(type=int, default=1,
+                        help=">= 2: time sharded certification on that many CPU processes against one"),
+     ("certify",)),
+    (("--seed",), dict(type=int, default=0, help="seed of the model's initialisation, the inputs and the noise"),
+     ALL),
+    (("--quick",), dict(action="store_true", help="tiny model, small n, one repeat (for tests)"), ALL),
+]
+
+
 def parser() -> argparse.ArgumentParser:
+    """``python -m insta_rs.bench NAME [flags]``: one subcommand per benchmark, each with its own flags and
+    ``--help``."""
     p = argparse.ArgumentParser(prog="python -m insta_rs.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("certify", "search", "sequential", "throughput"))
-    p.add_argument("--models", default="cifar_resnet20,cifar_vgg", help="throughput: the models to compare")
-    p.add_argument("--ckpt", default=None, help="sequential: the trained run's checkpoint")
-    p.add_argument("--skip", type=int, default=1, help="sequential: every skip-th input of --split")
-    p.add_argument("--split", default="test", choices=("test", "val"), help="sequential: choose settings on val")
-    p.add_argument("--bound", default="both", choices=("union", "anytime", "both"), help="sequential: the bound(s)")
-    p.add_argument("--tolerance", type=float, default=0.01, help="sequential: certify.tolerance")
-    p.add_argument("--sigma-search", default="fixed", choices=("fixed", "BestLevelSigma", "CascadeSigma"),
-                   help="sequential: the method (fixed sigma = the checkpoint's)")
-    p.add_argument("--model", default="small_cnn", choices=MODELS)
-    p.add_argument("--n", type=int, default=None, help="estimation draws per input (certify: 10000, search: 100000)")
-    p.add_argument("--n0", type=int, default=100)
-    p.add_argument("--alpha", type=float, default=0.001)
-    p.add_argument("--sigma", type=float, default=0.25)
-    p.add_argument("--rows", type=int, default=None, help="inputs per measurement (certify: 2, search: 3)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
-    p.add_argument("--batch-sizes", type=_batch_sizes, default=None,
-                   help="forward batch sizes searched for the ceiling (default 128,256,512,1000,2000)")
-    p.add_argument("--batch-size", type=int, default=1000, help="search: certify.batch_size")
-    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto")
-    p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--train-steps", type=int, default=300, help="search, small_cnn: SGD steps on digits first")
-    p.add_argument("--ranks", type=int, default=1,
-                   help="certify: >= 2 measures sharded certification on that many CPU processes against one")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="tiny model, small n, one repeat (for tests)")
+    subcommands = p.add_subparsers(dest="what", required=True, metavar="NAME",
+                                   help="the benchmark: " + ", ".join(COMMANDS) + " (NAME --help: its flags)")
+    for name, text in COMMANDS.items():
+        sub = subcommands.add_parser(name, help=text, description=text)
+        defaults = {}
+        for flags, kwargs, commands in FLAGS:
+            if name in commands:
+                sub.add_argument(*flags, **kwargs)
+            else:
+                defaults[flags[0].lstrip("-").replace("-", "_")] = False if kwargs.get("action") == "store_true" \
+                    else kwargs.get("default")
+        sub.set_defaults(**defaults)
     return p
 
 

@@ -73,7 +73,7 @@ class CertifySettings:
 
     def __post_init__(self) -> None:
         check_certify_settings(1.0, self.n0, self.n, self.alpha)
-        check(self.n0 <= self.n, "n0", self.n0, f"at most certify.n ({self.n}): the n0 draws only pick the "
+        check(self.n0 <= self.n, "n0", self.n0, f"at most n={self.n}: the n0 draws only pick the "
               "class that the n draws then bound")
         check(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", self.batch_size,
               "an integer >= 1")
@@ -99,7 +99,7 @@ class CertifySettings:
         check(self.reach_alpha is None or (isinstance(self.reach_alpha, float) and 0 < self.reach_alpha < 1),
               "reach_alpha", self.reach_alpha, "null (optimistic) or a number in (0, 1)")
         check(self.sampling == "sequential" or self.radii is None, "radii", self.radii,
-              "null unless certify.sampling=sequential")
+              "null unless sampling=sequential")
 
     @property
     def plan(self) -> SequentialPlan | None:
@@ -128,8 +128,8 @@ def _is_int(value) -> bool:
 def select_indices(length: int, skip: int, max_rows: int | None) -> list[int]:
     """Cohen et al.'s selection: every ``skip``-th index from 0, at most ``max_rows`` of them.
     A skip larger than the split is refused: it would silently certify input 0 alone."""
-    check(length > 0, "certify.split", "(empty)", "a split with at least one input")  # checked at run time
-    check(skip <= length, "certify.skip", skip, f"at most the split's size ({length} inputs)")
+    check(length > 0, "split", "(empty)", "a split with at least one input")  # checked at run time
+    check(skip <= length, "skip", skip, f"at most the split's size ({length} inputs)")
     selected = list(range(0, length, skip))
     return selected[:max_rows] if max_rows is not None else selected
 
@@ -249,7 +249,7 @@ def run(trained: TrainedRun, method: SigmaMethod, method_spec: dict, settings: C
     if settings.consistency == "memory":
         frames["memory"], extra["memory_changed_rows"] = memory_pass(run_dir, rows, dataset, identity)
     summary, table = write_reports(run_dir, frames, trained.source.info.name, method_spec, time.time() - started,
-                                   extra)
+                                   extra, n=settings.n, alpha=settings.alpha)
     _announce(table, extra, len(selected), run_dir)
     if wandb is not None and wandb.mode != "disabled":
         from .tracking import log_certification_to_wandb
@@ -319,10 +319,12 @@ def summary_of(rows, radii: Sequence[float], sigma_search: dict, wall_seconds: f
 
 
 def write_reports(run_dir: Path, frames: dict[str, pd.DataFrame], dataset_name: str, sigma_search: dict,
-                  wall_seconds: float, extra: dict | None = None) -> tuple[dict, str]:
+                  wall_seconds: float, extra: dict | None = None, n: int | None = None,
+                  alpha: float | None = None) -> tuple[dict, str]:
     """summary.json, table.md, certified_accuracy.png (one curve per file and guarantee) and sigma_hist.png.
     ``frames`` maps a label (the method's name for the main file, first; ``memory`` for the consistency
-    pass) to its rows; the summary's headline is the main file's. Returns the summary and the table."""
+    pass) to its rows; the summary's headline is the main file's. ``n``, ``alpha``: shown in the legend.
+    Returns the summary and the table."""
     radii = analysis.radius_grid(dataset_name)
     (main_label, main), *_ = frames.items()
     summary = summary_of(main, radii, sigma_search, wall_seconds, extra)
@@ -337,7 +339,9 @@ def write_reports(run_dir: Path, frames: dict[str, pd.DataFrame], dataset_name: 
     curves = {}
     for label, rows in frames.items():
         for guarantee in sorted(rows["guarantee"].astype(str).unique()):
-            curves[f"{label} ({guarantee})"] = analysis.certified_accuracy_curve(rows[rows["guarantee"] == guarantee])
+            legend = analysis.curve_label(None, label, guarantee, sigma=analysis.single_sigma(rows),
+                                          levels=sigma_search.get("levels"), n=n, alpha=alpha)
+            curves[legend] = analysis.certified_accuracy_curve(rows[rows["guarantee"] == guarantee])
     analysis.plot_certified_accuracy(curves, run_dir / "certified_accuracy.png", title=f"{dataset_name}: certified accuracy")
     analysis.plot_sigma_histogram(main["sigma"].astype(float).tolist(), run_dir / "sigma_hist.png",
                                   title=f"{dataset_name}: sigma per input")

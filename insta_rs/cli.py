@@ -7,6 +7,7 @@ library's settings and objects for the entry points.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -34,7 +35,10 @@ def user_errors(fn):
 
         # W&B's console chatter drowns the results table; its runs still land under <run dir>/wandb
         os.environ.setdefault("WANDB_SILENT", "true")
+        quiet_lightning()
         try:
+            if args and hasattr(args[0], "get") and args[0].get("print_config", False) and is_rank_zero():
+                print_config(args[0])
             return fn(*args, **kwargs)
         except InstaRSError as error:
             remove_empty_run_dir()
@@ -55,6 +59,30 @@ def user_errors(fn):
             finish_wandb()
 
     return wrapper
+
+
+PLUMBING_GROUPS = ("callbacks", "logger", "paths", "print_config")  # left out of the printed config
+
+
+def print_config(cfg) -> None:
+    """The composed config as a YAML tree on stdout, at the start of a run (``print_config: true``, the
+    default of conf/train.yaml and conf/certify.yaml): resolved where it resolves, without the plumbing
+    (callbacks, logger, paths; the whole config is in <run dir>/.hydra/config.yaml)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        tree = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:  # e.g. a missing ckpt_path: the task's own check says so in one line
+        tree = OmegaConf.to_container(cfg, resolve=False)
+    shown = {key: value for key, value in tree.items() if key not in PLUMBING_GROUPS}
+    print("config (print_config=false hides it; callbacks, logger and paths are in .hydra/config.yaml):")
+    print(OmegaConf.to_yaml(OmegaConf.create(shown)).rstrip(), flush=True)
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is the first of its run (not a DDP rank that Lightning, torchrun or SLURM started)."""
+    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def resume_hint() -> str:
@@ -149,8 +177,27 @@ def user_error_cause(error: BaseException) -> InstaRSError | None:
     return None
 
 
+LIST_OR_SCALAR = ("train.sigma",)
+"""Settings that take a number or a list (settings typed as lists, such as levels, are lists in every job)."""
+
+
+def warn_lists_under_multirun(argv: list[str]) -> None:
+    """Under ``-m``, ``key=[a,b]`` is one list value in every job, not a sweep over a and b (e.g. one training
+    run across both sigmas): say so on stderr, with the sweep spelling, once (not again on DDP child ranks)."""
+    if not ({"-m", "--multirun"} & set(argv)) or os.environ.get("LOCAL_RANK") not in (None, "0"):
+        return
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") in LIST_OR_SCALAR and value.startswith("[") and value.endswith("]"):
+            print(f"warning: {arg} under -m is one job with the list as its value (e.g. one model trained across "
+                  f"all of them), not a sweep; to run one job per value write {key.lstrip('+~')}={value[1:-1]}",
+                  file=sys.stderr)
+
+
 def check_group_choices(argv: list[str], conf_dir: str | Path) -> None:
-    """Exit 2 with one line when an override ``group=choice`` names a choice that conf/<group>/ lacks."""
+    """Exit 2 with one line when an override ``group=choice`` names a choice that conf/<group>/ lacks (and
+    warn about bracketed lists under ``-m``: ``warn_lists_under_multirun``)."""
+    warn_lists_under_multirun(argv)
     conf_dir = Path(conf_dir)
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
@@ -307,7 +354,7 @@ def certification_trainer(trainer_cfg, run_dir: Path):
     no BatchNorm syncing, and our progress bar instead of Lightning's."""
     from hydra.utils import instantiate
 
-    quiet_lightning()
+    quiet_lightning(info=False)
 
     def make_trainer(callbacks):
         return instantiate(trainer_cfg, logger=False, callbacks=callbacks, use_distributed_sampler=False,
@@ -317,12 +364,75 @@ def certification_trainer(trainer_cfg, run_dir: Path):
     return make_trainer
 
 
-def quiet_lightning() -> None:
-    """Keep Lightning's start-up lines (GPU/TPU availability, tips) out of the console."""
-    import logging
+# The console noise of the stack that no option turns off, dropped by message in this one place (quiet_lightning):
+# Lightning's start-up lines (accelerator availability, its litlogger advertisement) and a deprecation that
+# Lightning's own code triggers in torch (nothing a user can act on: its pytree helper, its all_gather).
+LIGHTNING_NOISE = ("GPU available: ", "TPU available: ", "HPU available: ", "IPU available: ",
+                   "\N{ELECTRIC LIGHT BULB} Tip: For seamless cloud logging")
+WARNING_NOISE = ((r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+                 (r"torch\.distributed\.nn\.functional\.all_gather is deprecated", FutureWarning))
+LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")
 
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+
+class _DropNoise:
+    """A logging filter that drops the records whose message starts with one of LIGHTNING_NOISE."""
+
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith(LIGHTNING_NOISE)
+
+
+def quiet_lightning(info: bool = True) -> None:
+    """Keep the stack's noise out of the console: the messages of LIGHTNING_NOISE and WARNING_NOISE, in this
+    process (each DDP rank calls it for itself). ``info=False`` also drops Lightning's other information
+    lines (model summary, DDP start-up), as certification does."""
+    import logging
+    import warnings
+
+    for message, category in WARNING_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        if not info:
+            logger.setLevel(logging.WARNING)
+        for target in [logger, *logger.handlers]:  # a handler's filter sees the records of child loggers too
+            if not any(isinstance(f, _DropNoise) for f in target.filters):
+                target.addFilter(_DropNoise())
+
+
+def training_loggers(cfg) -> list:
+    """The loggers of ``cfg.logger`` for train.py. Ours for W&B (``insta_rs.tracking.WandbLogger``) gets the run's
+    readable name (``training_run_name``, unless ``logger.wandb.name`` is set) and whether the run resumes a
+    checkpoint (``ckpt_path``), so that it continues the W&B run of its run folder."""
+    from hydra.utils import instantiate
+
+    loggers = []
+    for node in (cfg.get("logger") or {}).values():
+        kwargs = {}
+        if str(node.get("_target_", "")) == "insta_rs.tracking.WandbLogger":
+            kwargs["resume"] = cfg.get("ckpt_path") is not None
+            if node.get("name") is None:
+                kwargs["name"] = training_name(cfg)
+        loggers.append(instantiate(node, **kwargs))
+    return loggers
+
+
+def training_name(cfg) -> str:
+    """``tracking.training_run_name`` of a training config: the data set, model, ``train`` and ``train/loss``
+    choices as the user typed them (Hydra's), the training sigma (sigma0 for ``train=insta_rs``), the seed
+    and the experiment."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from .tracking import training_run_name
+
+    try:
+        choices = dict(HydraConfig.get().runtime.choices)
+    except ValueError:  # composed without Hydra's app (tests): no choices
+        choices = {}
+    train = resolved(cfg.get("train")) or {}
+    sigma = train.get("sigma") if train.get("sigma") is not None else train.get("sigma0")
+    return training_run_name(choices.get("dataset"), choices.get("model"), choices.get("train"), sigma,
+                             loss=choices.get("train/loss"), experiment=cfg.get("experiment_name"),
+                             seed=cfg.get("seed"))
 
 
 def wandb_settings(cfg):
@@ -381,31 +491,91 @@ class SweepGroupCallback(_hydra_callback_base()):
         os.environ[SWEEP_SUFFIX_ENV] = suffix
 
 
-def build_group(spec: dict, group: str, **kwargs):
-    """Hydra's ``instantiate`` of a config group's object (e.g. ``sigma_search``, ``train``), with the
-    library's one-line errors given the group's full key (``with_group``)."""
+def build_group(spec, group: str, **kwargs):
+    """Hydra's ``instantiate`` of a config group's object (e.g. ``sigma_search``, ``train``, ``dataset``), with
+    the library's one-line errors given the group's full key (``with_group``)."""
     from hydra.utils import instantiate
 
-    try:
+    with group_errors(spec, group):
         return instantiate(spec, **kwargs)
+
+
+@contextlib.contextmanager
+def group_errors(spec, group: str, kinds: tuple[type, ...] = (InstaRSError,)):
+    """Inside the block, a library error of one of ``kinds`` (also one that Hydra's ``instantiate`` wrapped) is
+    raised again with the keys of the group whose config is ``spec`` (``with_group``): around the building of
+    a group's object, and around the calls that use it later, when it may raise in turn (a data source that
+    meets an unreadable image while training or certification reads it)."""
+    try:
+        yield
     except Exception as error:
         cause = user_error_cause(error)
-        if cause is None:
+        if cause is None or not isinstance(cause, kinds):
             raise
-        raise with_group(cause, spec, group) from error
+        grouped = with_group(cause, spec, group)
+        if grouped is error:
+            raise
+        raise grouped from error
 
 
-def with_group(error: InstaRSError, spec: dict, group: str) -> InstaRSError:
+def data_errors(spec):
+    """``group_errors`` for the ``dataset`` group's DataErrors: those a data source raises after it was built,
+    as its images are read (``spec``: the source's config)."""
+    from .errors import DataError
+
+    return group_errors(spec, "dataset", (DataError,))
+
+
+def trained_run(ckpt_path, dataset: dict | None):
+    """``checkpoints.load_run``: the run of ``ckpt_path`` with the data source the ``dataset`` config builds, or
+    with the one the checkpoint recorded when ``dataset`` is None. The errors of building that source and of
+    checking it against the model name their ``dataset.*`` key."""
+    from hydra.utils import instantiate
+
+    from .checkpoints import load_run, read_checkpoint
+    from .errors import DataError
+
+    if dataset is not None:
+        with group_errors(dataset, "dataset"):
+            source = instantiate(dataset)
+        return load_run(ckpt_path, source=source, source_spec=dataset)
+    try:
+        return load_run(ckpt_path)
+    except (ConfigError, DataError) as error:  # building the recorded source: name the key that overrides it
+        recorded = (read_checkpoint(ckpt_path)["insta_rs"].get("config") or {}).get("dataset")
+        grouped = with_group(error, recorded, "dataset")
+        if grouped is error:
+            raise
+        raise grouped from error
+
+
+def with_group(error: InstaRSError, spec, group: str) -> InstaRSError:
     """The library's errors name the field (``sigma=0 is invalid ...``, the library knows no config paths);
     here they gain the key the user typed: ``sigma_search.sigma=0 ...``, or ``train.loss.lbd=...`` for a
-    field of a nested object."""
+    field of a nested object. The message's other settings of that object (``<field>=<value>``, such as
+    ``dataset.test_dir=test: no folder ... under root=data``) gain the same prefix. ``spec``: the group's
+    config (a dict or a DictConfig)."""
+    if spec is not None and not isinstance(spec, dict):
+        from omegaconf import DictConfig, OmegaConf
+
+        spec = OmegaConf.to_container(spec) if isinstance(spec, DictConfig) else None
     message = " ".join(str(error).split())
     field = message.split("=", 1)[0].split(" ", 1)[0]
     if field.startswith(group + ".") or not isinstance(spec, dict):
         return error
-    if field in spec:
-        return type(error)(f"{group}.{message}")
-    for key, value in spec.items():
-        if isinstance(value, dict) and field in value:
-            return type(error)(f"{group}.{key}.{message}")
+    nested = [(f"{group}.{key}", value) for key, value in spec.items() if isinstance(value, dict)]
+    for prefix, values in [(group, spec), *nested]:
+        if field in values:
+            return type(error)(qualified(message, values, prefix))
     return error
+
+
+def qualified(message: str, keys, prefix: str) -> str:
+    """``message`` with each ``<key>=`` of one of ``keys`` written ``<prefix>.<key>=``, unless it already ends a
+    longer name or a path (a letter, digit, ``_``, ``.``, ``/`` or ``-`` before it)."""
+    import re
+
+    names = "|".join(re.escape(str(key)) for key in sorted(keys, key=lambda k: len(str(k)), reverse=True))
+    if not names:
+        return message
+    return re.sub(rf"(?<![\w./-])({names})=", lambda match: f"{prefix}.{match.group(1)}=", message)

@@ -16,9 +16,10 @@ flattened to dotted keys: training keys as they are (``train.sigma``, ``train.lo
 the certification's own groups as they are (``certify.n``, ``sigma_search._target_``), its other keys
 prefixed ``certify:`` (``certify:seed``). A run is labelled by the keys whose values differ between the runs
 (``train.loss=macer, train.sigma=0.5``); a ``name``/``_target_`` key is shown as its group (``train.loss``,
-``sigma_search=FixedSigma``), and options that only some runs have (those of one loss, search or
-``train.method``) only where they differ between runs of the same choice. Seeds label runs only when nothing else differs. Paths, run directories, logging settings and keys
-that are interpolations of others (``trainer.max_epochs: ${train.epochs}``) never do: files without a
+``sigma_search=fixed``: a method by its config name), and options that only some runs have (those of one
+loss, search or ``train.method``) only where they differ between runs of the same choice. Seeds label runs
+only when nothing else differs. Paths, run directories, logging settings and keys that are interpolations of
+others (``trainer.max_epochs: ${train.epochs}``) never do: files without a
 config, and runs whose settings do not differ, are labelled by the shortest unique end of their path.
 
 Output: a markdown table (ALGORITHMS.md section 5: certified accuracy on the radius grid, ACR, clean accuracy,
@@ -46,6 +47,7 @@ import pandas as pd
 import yaml
 
 from . import analysis
+from .analysis import path_labels
 from .analyze import parse_radii
 from .errors import ConfigError, DataError, InstaRSError
 
@@ -55,7 +57,7 @@ CERTIFY_PREFIX = "certify:"
 SELECTOR_KEYS = ("name", "_target_", "method")  # keys that choose what the options beside them mean
 SHORTENED_KEYS = ("name", "_target_")  # shown as their group: train.loss.name=macer -> train.loss=macer
 # keys that never label runs: paths, run folders, logging and progress output (seeds: see is_seed)
-INCIDENTAL_TOP = ("hydra", "logger", "callbacks", "tags", "num_workers")
+INCIDENTAL_TOP = ("hydra", "logger", "callbacks", "tags", "num_workers", "print_config")
 INCIDENTAL_LAST = ("ckpt_path", "root", "save_dir", "dirpath", "progress", "download", "enable_progress_bar",
                    "log_every_n_steps", "num_sanity_val_steps")
 INCIDENTAL_KEYS = ("certify.batch_size",)  # the certify batch size does not change the statistics
@@ -210,13 +212,33 @@ def _value_text(value) -> str:
     return str(value)
 
 
+def method_name(target: str) -> str:
+    """The name a user types for the class ``target`` names: a sigma-selection method's config name (its
+    class's ``name``, ``insta_rs.search.finite_set.BestLevelSigma`` -> ``grid``), else the last dotted part
+    (``insta_rs.models.SmallCNN`` -> ``SmallCNN``; also for a class that cannot be imported)."""
+    import importlib
+
+    module, _, cls_name = str(target).rpartition(".")
+    try:
+        from .search.base import SigmaMethod
+
+        cls = getattr(importlib.import_module(module), cls_name)
+    except Exception:  # not importable here (another version, a missing module): the class's name still reads
+        return cls_name or str(target)
+    name = getattr(cls, "name", None)
+    if isinstance(cls, type) and issubclass(cls, SigmaMethod) and isinstance(name, str) and name != SigmaMethod.name:
+        return name
+    return cls_name
+
+
 def _display(key: str, value) -> tuple[str, str]:
     """(shown key, shown value): ``train.loss.name`` -> ``train.loss``; ``x._target_`` -> ``x`` with the
-    value's last dotted part (``insta_rs.search.base.FixedSigma`` -> ``FixedSigma``)."""
+    method's config name or the class's name (``method_name``: ``insta_rs.search.base.FixedSigma`` -> ``fixed``,
+    ``insta_rs.models.SmallCNN`` -> ``SmallCNN``)."""
     parent, _, last = key.rpartition(".")
     if last in SHORTENED_KEYS and parent:
         text = _value_text(value)
-        return parent, text.rsplit(".", 1)[-1] if last == "_target_" else text
+        return parent, method_name(text) if last == "_target_" else text
     return key, _value_text(value)
 
 
@@ -266,25 +288,6 @@ def setting_labels(settings: Sequence[dict[str, Any]], derived: set[str] = froze
         shown.append(pairs)
         labels.append(", ".join(f"{k}={v}" for k, v in pairs.items()))
     return labels, shown
-
-
-def path_labels(paths: Sequence[Path]) -> list[str]:
-    """For each path, the shortest end of it (last folder names) that no other path ends with; a certify.tsv
-    stands for its folder, and a .tsv/.txt extension is dropped."""
-    parts = []
-    for path in paths:
-        path = Path(path).resolve()
-        if path.name == CERTIFY_TSV:
-            path = path.parent
-        elif path.suffix.lower() in (".tsv", ".txt"):
-            path = path.with_suffix("")
-        parts.append([p for p in path.parts if p != path.anchor] or [str(path)])
-    labels = []
-    for i, mine in enumerate(parts):
-        others = [p for j, p in enumerate(parts) if j != i and p != mine]
-        depth = next((d for d in range(1, len(mine) + 1) if all(p[-d:] != mine[-d:] for p in others)), len(mine))
-        labels.append("/".join(mine[-depth:]))
-    return labels
 
 
 def _unique(labels: list[str]) -> list[str]:
@@ -388,19 +391,22 @@ def compare(paths: Sequence[str | Path], radii: Sequence[float] | None = None, d
         notes.append(note)
     markdown = analysis.comparison_markdown(table, radii) + (f"\n{notes[-1]}\n" if envelope else "")
     sources = dict(zip(labels, (str(run.tsv) for run in runs)))
+    if envelope:
+        sources[analysis.ENVELOPE_LABEL] = "envelope of " + ", ".join(sources[label] for label, _ in fixed)
     settings = dict(zip(labels, shown))
     table["source"] = table["run"].map(sources)
     for key in dict.fromkeys(k for pairs in shown for k in pairs):
-        table[key] = table["run"].map(lambda label, key=key: settings[label].get(key))
+        table[key] = table["run"].map(lambda label, key=key: settings.get(label, {}).get(key))
     top = max((float(df.loc[df["correct"] == 1, "radius"].max()) for df in frames if (df["correct"] == 1).any()),
               default=0.0)
     max_radius = 1.05 * top if top > 0 else 1.0
     curves = {}
-    for label, df in zip(labels, frames):
+    for label, df, run in zip(labels, frames, runs):
         guarantees = df["guarantee"].astype(str)
         for guarantee in sorted(set(guarantees), key=analysis._guarantee_rank):
-            curves[f"{label} ({guarantee})"] = analysis.certified_accuracy_curve(df[guarantees == guarantee],
-                                                                                 max_radius=max_radius)
+            rows = df[guarantees == guarantee]
+            curves[curve_legend(label, run, rows, guarantee)] = analysis.certified_accuracy_curve(
+                rows, max_radius=max_radius)
     if envelope:
         curves[f"{analysis.ENVELOPE_LABEL} (sound)"] = analysis.envelope_curve(
             [analysis.certified_accuracy_curve(df, max_radius=max_radius) for _, df in fixed])
@@ -408,6 +414,25 @@ def compare(paths: Sequence[str | Path], radii: Sequence[float] | None = None, d
                    for run in runs if run.settings is not None}
     group = next(iter(experiments)) if len(experiments) == 1 and None not in experiments else "compare"
     return Comparison(table=table, markdown=markdown, curves=curves, radii=radii, notes=notes, group=group)
+
+
+def curve_legend(label: str, run: Run, rows: pd.DataFrame, guarantee: str) -> str:
+    """``<label>: <method> sigma=... (<guarantee>, n=..., alpha=...)`` (``analysis.curve_label``): the method by
+    its config name, its sigma (the one the model was trained with for ``sigma: null``) or its levels, and
+    the certification's n and alpha, as far as the run's settings say; a file without settings gives the
+    sigma its rows share, if any."""
+    settings = run.settings or {}
+    target = settings.get("sigma_search._target_")
+    sigma = settings.get("sigma_search.sigma")
+    if target is not None and target.endswith(".FixedSigma") and sigma is None:
+        trained = settings.get("train.sigma")
+        sigma = trained if isinstance(trained, (int, float)) and not isinstance(trained, bool) else None
+    if run.settings is None or (sigma is None and target is None):
+        sigma = analysis.single_sigma(rows)
+    levels = settings.get("sigma_search.levels")
+    return analysis.curve_label(label, method_name(target) if target else None, guarantee, sigma=sigma,
+                                levels=levels if isinstance(levels, list) else None,
+                                n=settings.get("certify.n"), alpha=settings.get("certify.alpha"))
 
 
 def write_outputs(result: Comparison, out: str | Path) -> list[Path]:
@@ -427,10 +452,11 @@ def write_outputs(result: Comparison, out: str | Path) -> list[Path]:
 
 
 def log_comparison_to_wandb(result: Comparison, run_dir: str | Path, mode: str = "offline",
-                            project: str = "insta-rs", group: str | None = None) -> None:
+                            project: str = "insta-rs", group: str | None = None) -> str:
     """Log the comparison as one W&B run (job type ``compare``): the table as ``compare/table`` and the
     certified-accuracy curves as one line plot ``compare/curve`` with one series per (run, guarantee)
-    row (``wandb.plot.line_series``). Offline by default: the run lands under ``run_dir/wandb``."""
+    row (``wandb.plot.line_series``). Offline by default: the run lands under ``run_dir/wandb``. Returns where
+    the run is: its URL online, its folder offline (``wandb_location``)."""
     import wandb
 
     first = next(iter(result.curves.values()), ([], []))
@@ -446,8 +472,20 @@ def log_comparison_to_wandb(result: Comparison, run_dir: str | Path, mode: str =
                                                     keys=list(result.curves), title="Certified accuracy",
                                                     xname="radius (L2)"),
         })
+        location = wandb_location(run, mode)
     finally:
         run.finish()
+    return location
+
+
+def wandb_location(run, mode: str) -> str:
+    """Where a W&B run is, for the console: ``wandb: <url>`` online; offline, its run folder and the command
+    that uploads it."""
+    url = getattr(run, "url", None) if mode == "online" else None
+    if url:
+        return f"wandb: {url}"
+    folder = Path(run.dir).resolve().parent  # run.dir is <folder>/files
+    return f"wandb: offline run in {folder} (upload with: wandb sync {folder})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -474,9 +512,10 @@ def main(argv: list[str] | None = None) -> int:
         radii = parse_radii(args.radii) if args.radii is not None else None
         result = compare(args.paths, radii=radii, dataset=args.dataset, envelope=args.envelope)
         written = write_outputs(result, args.out) if args.out is not None else []
+        location = None
         if args.wandb is not None:
-            log_comparison_to_wandb(result, args.out or ".", mode=args.wandb, project=args.wandb_project,
-                                    group=result.group)
+            location = log_comparison_to_wandb(result, args.out or ".", mode=args.wandb, project=args.wandb_project,
+                                               group=result.group)
     except InstaRSError as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_code
@@ -485,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     print(result.markdown, end="")
     if written:
         print(f"wrote {', '.join(p.name for p in written)} in {args.out}")
+    if location:
+        print(location)
     return 0
 
 

@@ -21,7 +21,8 @@ Sources (``DataSource`` subclasses; ``split(name, train_transform)`` gives an ``
 
 ``SmoothingDataModule`` turns a source into Lightning data loaders. Problems a user can fix raise
 ``DataError`` (files missing or in the wrong layout) or ``ConfigError`` (a bad setting), each with a
-one-line message naming the setting, the value and what is expected.
+one-line message naming the setting, the value and what is expected. A setting is named by its argument
+(``root=...``): the library knows no config paths; the entry points add the group (``dataset.root=...``).
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ class _FolderView(Dataset):
         try:
             image = self.folder.loader(path)
         except OSError as err:
-            raise DataError(f"dataset.root={self.root_shown}: cannot read image {path}: {_one_line(err)}") from None
+            raise DataError(f"root={self.root_shown}: cannot read image {path}: {_one_line(err)}") from None
         return _pil_to_float(self.transform(image)), int(label)
 
 
@@ -265,17 +266,17 @@ class Digits(DataSource):
     def __init__(self, val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0):
         from sklearn.datasets import load_digits
 
-        val_fraction = _as_fraction(val_fraction, "dataset.val_fraction")
-        test_fraction = _as_fraction(test_fraction, "dataset.test_fraction")
-        check(val_fraction + test_fraction < 1.0, "dataset.val_fraction", val_fraction,
+        val_fraction = _as_fraction(val_fraction, "val_fraction")
+        test_fraction = _as_fraction(test_fraction, "test_fraction")
+        check(val_fraction + test_fraction < 1.0, "val_fraction", val_fraction,
               f"val_fraction + test_fraction < 1 (test_fraction={test_fraction})")
-        split_seed = _as_int(split_seed, "dataset.split_seed", 0)
+        split_seed = _as_int(split_seed, "split_seed", 0)
         bunch = load_digits()
         images = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32) / 16.0).unsqueeze(1)
         labels = np.asarray(bunch.target, dtype=np.int64)
-        rest, test = _stratified_split(labels, test_fraction, split_seed, "dataset.test_fraction", test_fraction)
+        rest, test = _stratified_split(labels, test_fraction, split_seed, "test_fraction", test_fraction)
         n_val = int(round(val_fraction * len(labels)))
-        train, val = _stratified_split(labels, n_val, split_seed, "dataset.val_fraction", val_fraction, rest)
+        train, val = _stratified_split(labels, n_val, split_seed, "val_fraction", val_fraction, rest)
         self.indices = {"train": train, "val": val, "test": test}
         self._images, self._labels = images, labels
         self.info = DatasetInfo(
@@ -296,7 +297,7 @@ class _ArraySource(DataSource):
     def _set_arrays(self, train_images: torch.Tensor, train_labels, test_images: torch.Tensor, test_labels,
                     val_size: int) -> None:
         n = len(train_labels)
-        check(val_size < n, "dataset.val_size", val_size, f"an integer in [0, {n}) (the training set has {n} images)")
+        check(val_size < n, "val_size", val_size, f"an integer in [0, {n}) (the training set has {n} images)")
         cut = n - val_size
         train_labels = [int(t) for t in train_labels]
         self._arrays = {
@@ -327,7 +328,7 @@ class MNIST(_ArraySource):
     def __init__(self, root: str | os.PathLike, download: bool = False, val_size: int = 5000):
         import torchvision
 
-        val_size = _as_int(val_size, "dataset.val_size", 0)
+        val_size = _as_int(val_size, "val_size", 0)
         root = Path(str(root)).expanduser()
         raw = root / "MNIST" / "raw"
         legacy = all((root / "MNIST" / "processed" / f).is_file() for f in ("training.pt", "test.pt"))
@@ -342,17 +343,17 @@ class MNIST(_ArraySource):
             hint = ""
             if all((root / f).is_file() or (root / "raw" / f).is_file() for f in self.FILES):
                 hint = "; the files are there but one level too high: move them into MNIST/raw/"
-            raise DataError(f"dataset.root={_shown_root(root)}: {found}; {expected} (uncompressed idx files, "
-                            f"or set dataset.download=true){hint}")
+            raise DataError(f"root={_shown_root(root)}: {found}; {expected} (uncompressed idx files, "
+                            f"or set download=true){hint}")
         try:
             train = torchvision.datasets.MNIST(str(root), train=True)
             test = torchvision.datasets.MNIST(str(root), train=False)
         except Exception as err:  # malformed idx files: torchvision asserts / raises while parsing
-            raise DataError(f"dataset.root={_shown_root(root)}: cannot read the MNIST idx files in {raw} "
+            raise DataError(f"root={_shown_root(root)}: cannot read the MNIST idx files in {raw} "
                             f"({type(err).__name__}: {_one_line(err)}); {expected}") from None
         shapes = {tuple(d.data.shape[1:]) for d in (train, test)}
         if shapes != {(28, 28)} or len(train.data) != len(train.targets) or len(test.data) != len(test.targets):
-            raise DataError(f"dataset.root={_shown_root(root)}: the MNIST files in {raw} hold images of shape "
+            raise DataError(f"root={_shown_root(root)}: the MNIST files in {raw} hold images of shape "
                             f"{sorted(shapes)} or unequal image and label counts; expected 28x28 images, one label each")
         self._set_arrays(train.data.unsqueeze(1).contiguous(), train.targets.tolist(),
                          test.data.unsqueeze(1).contiguous(), test.targets.tolist(), val_size)
@@ -379,7 +380,7 @@ def _download(fetch: Callable[[], object], what: str, root: Path, expected: str)
     try:
         fetch()
     except Exception as err:
-        raise DataError(f"dataset.download=true: downloading {what} into dataset.root={_shown_root(root)} failed "
+        raise DataError(f"download=true: downloading {what} into root={_shown_root(root)} failed "
                         f"({type(err).__name__}: {_one_line(err)[:300]}); fetch it elsewhere and copy it there: "
                         f"{expected}") from None
 
@@ -399,7 +400,7 @@ class CIFAR10(_ArraySource):
              "batches.meta")
 
     def __init__(self, root: str | os.PathLike, download: bool = False, val_size: int = 5000):
-        val_size = _as_int(val_size, "dataset.val_size", 0)
+        val_size = _as_int(val_size, "val_size", 0)
         root = Path(str(root)).expanduser()
         base = root / "cifar-10-batches-py"
         loader = _cifar10_loader_class()
@@ -413,22 +414,22 @@ class CIFAR10(_ArraySource):
                      else f"missing {', '.join(missing)}")
             hint = ""
             if all((root / f).is_file() for f in self.FILES):
-                hint = f"; the batches are directly in {root}: set dataset.root to its parent"
-            raise DataError(f"dataset.root={_shown_root(root)}: {found}; {expected} (or set dataset.download=true)"
+                hint = f"; the batches are directly in {root}: set root={root.parent}"
+            raise DataError(f"root={_shown_root(root)}: {found}; {expected} (or set download=true)"
                             f"{hint}")
         try:
             train = loader(str(root), train=True)
             test = loader(str(root), train=False)
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, RuntimeError) as err:
-            raise DataError(f"dataset.root={_shown_root(root)}: cannot read the CIFAR-10 batches in {base} "
+            raise DataError(f"root={_shown_root(root)}: cannot read the CIFAR-10 batches in {base} "
                             f"({type(err).__name__}: {_one_line(err)}); expected python pickle batches with "
                             f"b'data' (uint8, N x 3072) and b'labels'") from None
         if len(train.classes) != 10:
-            raise DataError(f"dataset.root={_shown_root(root)}: {base}/batches.meta names {len(train.classes)} "
+            raise DataError(f"root={_shown_root(root)}: {base}/batches.meta names {len(train.classes)} "
                             "classes; expected the 10 CIFAR-10 label_names")
         for part in (train, test):
             if len(part.data) != len(part.targets):
-                raise DataError(f"dataset.root={_shown_root(root)}: the CIFAR-10 batches in {base} hold "
+                raise DataError(f"root={_shown_root(root)}: the CIFAR-10 batches in {base} hold "
                                 f"{len(part.data)} images but {len(part.targets)} labels; expected one label each")
 
         def to_tensor(data: np.ndarray) -> torch.Tensor:  # torchvision keeps N x H x W x C
@@ -509,7 +510,7 @@ class ImageFolderData(DataSource):
         self.root, self.root_shown = root, _shown_root(root)
         layout = f"expected {root}/{train_dir}/<class>/<image> and {root}/{test_dir}/<class>/<image>"
         if not root.is_dir():
-            raise DataError(f"dataset.root={self.root_shown}: no such folder; {layout}")
+            raise DataError(f"root={self.root_shown}: no such folder; {layout}")
         dirs = {"train": train_dir, "test": test_dir}
         if val_dir is not None:
             dirs["val"] = val_dir
@@ -527,20 +528,20 @@ class ImageFolderData(DataSource):
                           split_seed, augment) -> tuple:
         """The validated (image_size, resize, val_fraction, split_seed, mean, std); raises ConfigError for
         the first invalid setting."""
-        check(root is not None and str(root) not in ("", "???"), "dataset.root", root,
+        check(root is not None and str(root) not in ("", "???"), "root", root,
               "the folder that holds <train_dir>/<class>/<image> and <test_dir>/<class>/<image>")
-        image_size = _as_int(image_size, "dataset.image_size", 1)
+        image_size = _as_int(image_size, "image_size", 1)
         if resize is not None:
-            resize = _as_int(resize, "dataset.resize", image_size)
-        check(augment in AUGMENTS, "dataset.augment", augment, "one of " + ", ".join(AUGMENTS))
-        val_fraction = _as_fraction(val_fraction, "dataset.val_fraction")
-        split_seed = _as_int(split_seed, "dataset.split_seed", 0)
-        mean = _as_floats(mean, "dataset.mean", 3)
-        std = _as_floats(std, "dataset.std", 3, positive=True)
-        for setting, value in (("dataset.train_dir", train_dir), ("dataset.test_dir", test_dir)):
-            check(isinstance(value, str) and value != "", setting, value, "a folder name under dataset.root")
-        check(val_dir is None or (isinstance(val_dir, str) and val_dir != ""), "dataset.val_dir", val_dir,
-              "null (hold out dataset.val_fraction of the training images) or a folder name under dataset.root")
+            resize = _as_int(resize, "resize", image_size)
+        check(augment in AUGMENTS, "augment", augment, "one of " + ", ".join(AUGMENTS))
+        val_fraction = _as_fraction(val_fraction, "val_fraction")
+        split_seed = _as_int(split_seed, "split_seed", 0)
+        mean = _as_floats(mean, "mean", 3)
+        std = _as_floats(std, "std", 3, positive=True)
+        for setting, value in (("train_dir", train_dir), ("test_dir", test_dir)):
+            check(isinstance(value, str) and value != "", setting, value, "a folder name under root")
+        check(val_dir is None or (isinstance(val_dir, str) and val_dir != ""), "val_dir", val_dir,
+              "null (hold out val_fraction of the training images) or a folder name under root")
         return image_size, resize, val_fraction, split_seed, mean, std
 
     def _classes_by_split(self, dirs: dict[str, str], layout: str, extensions: tuple[str, ...]) -> dict[str, list[str]]:
@@ -550,14 +551,14 @@ class ImageFolderData(DataSource):
         for split, folder in dirs.items():
             path = self.root / folder
             if not path.is_dir():
-                raise DataError(f"dataset.{split}_dir={folder}: no folder {path} under dataset.root={self.root_shown}; "
+                raise DataError(f"{split}_dir={folder}: no folder {path} under root={self.root_shown}; "
                                 f"{layout}")
             classes[split] = _class_folders(path)
             if not classes[split]:
-                raise DataError(f"dataset.{split}_dir={folder}: {path} has no class folders; {layout}")
+                raise DataError(f"{split}_dir={folder}: {path} has no class folders; {layout}")
             empty = [c for c in classes[split] if not _has_image(path / c, extensions)]
             if empty:
-                raise DataError(f"dataset.{split}_dir={folder}: class folders without images in {path}: "
+                raise DataError(f"{split}_dir={folder}: class folders without images in {path}: "
                                 f"{', '.join(empty)}; each class folder needs at least one {'/'.join(extensions)} "
                                 "file")
         return classes
@@ -569,7 +570,7 @@ class ImageFolderData(DataSource):
             if split != "train" and classes[split] != classes["train"]:
                 only_train = sorted(set(classes["train"]) - set(classes[split]))
                 only_other = sorted(set(classes[split]) - set(classes["train"]))
-                raise DataError(f"dataset.{split}_dir={dirs[split]}: its class folders differ from dataset.train_dir="
+                raise DataError(f"{split}_dir={dirs[split]}: its class folders differ from train_dir="
                                 f"{train_dir} under {self.root}: only in {train_dir}: {only_train or 'none'}; only in "
                                 f"{dirs[split]}: {only_other or 'none'}; every split needs the same class folders")
 
@@ -580,7 +581,7 @@ class ImageFolderData(DataSource):
         try:
             return {split: torchvision.datasets.ImageFolder(str(self.root / folder)) for split, folder in dirs.items()}
         except (FileNotFoundError, OSError) as err:
-            raise DataError(f"dataset.root={self.root_shown}: {_one_line(err)}; {layout}") from None
+            raise DataError(f"root={self.root_shown}: {_one_line(err)}; {layout}") from None
 
     @staticmethod
     def _parts_by_split(folders: dict, hold_out_val: bool, val_fraction: float, split_seed: int) -> dict:
@@ -588,7 +589,7 @@ class ImageFolderData(DataSource):
         ``hold_out_val``, else its own folder."""
         train_labels = np.asarray(folders["train"].targets, dtype=np.int64)
         if hold_out_val:
-            train_pos, val_pos = _stratified_split(train_labels, val_fraction, split_seed, "dataset.val_fraction",
+            train_pos, val_pos = _stratified_split(train_labels, val_fraction, split_seed, "val_fraction",
                                                    val_fraction)
             parts = {"train": (folders["train"], train_pos), "val": (folders["train"], val_pos)}
         else:
@@ -642,19 +643,19 @@ class Synthetic(DataSource):
 
     def __init__(self, num_classes: int = 3, input_shape: Sequence[int] = (1, 8, 8), train_size: int = 256,
                  val_size: int = 64, test_size: int = 64, seed: int = 0, noise: float = 0.1):
-        num_classes = _as_int(num_classes, "dataset.num_classes", 2)
+        num_classes = _as_int(num_classes, "num_classes", 2)
         try:
             shape = tuple(int(v) for v in input_shape)
             ok = len(shape) == 3 and min(shape) >= 1 and all(int(v) == v for v in input_shape)
         except (TypeError, ValueError):
             shape, ok = (), False
-        check(ok, "dataset.input_shape", input_shape if not hasattr(input_shape, "__iter__") else list(input_shape),
+        check(ok, "input_shape", input_shape if not hasattr(input_shape, "__iter__") else list(input_shape),
               "(channels, height, width), three positive integers")
-        sizes = {"train": _as_int(train_size, "dataset.train_size", 1),
-                 "val": _as_int(val_size, "dataset.val_size", 0),
-                 "test": _as_int(test_size, "dataset.test_size", 0)}
-        seed = _as_int(seed, "dataset.seed", 0)
-        check(isinstance(noise, (int, float)) and not isinstance(noise, bool) and noise >= 0, "dataset.noise", noise,
+        sizes = {"train": _as_int(train_size, "train_size", 1),
+                 "val": _as_int(val_size, "val_size", 0),
+                 "test": _as_int(test_size, "test_size", 0)}
+        seed = _as_int(seed, "seed", 0)
+        check(isinstance(noise, (int, float)) and not isinstance(noise, bool) and noise >= 0, "noise", noise,
               "a number >= 0")
         streams = np.random.SeedSequence(seed).spawn(1 + len(SPLITS))
         self.prototypes = np.random.default_rng(streams[0]).uniform(0.2, 0.8, size=(num_classes, *shape))
@@ -697,7 +698,7 @@ class SmoothingDataModule(pl.LightningDataModule):
                  eval_batch_size: int | None = None):
         super().__init__()
         self.source = source
-        self.batch_size = _as_int(batch_size, "train.batch_size", 1)
+        self.batch_size = _as_int(batch_size, "batch_size", 1)
         self.num_workers = _as_int(num_workers, "num_workers", 0)
         self.eval_batch_size = (self.batch_size if eval_batch_size is None
                                 else _as_int(eval_batch_size, "eval_batch_size", 1))

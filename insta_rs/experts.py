@@ -1,6 +1,6 @@
 """Per-level experts: one base classifier per noise level, routed by the sigma each noisy draw was made at.
 
-``sigma_search.experts`` maps each level to a checkpoint trained at that sigma (the routing form of Dual
+The ``experts`` setting of a sigma search maps each level to a checkpoint trained at that sigma (the routing form of Dual
 Randomized Smoothing, Sun, Mao & Vechev 2025). ``LevelExperts`` is the base classifier f(x, sigma) the
 finite-level rules (grid, cascade, best_level), the selector and a fixed sigma then smooth: a draw at level
 sigma_k is classified by expert k alone, so at every level the smoothed classifier is exactly expert k's
@@ -47,7 +47,7 @@ class LevelExperts(nn.Module):
         """The expert of level ``sigma`` (ConfigError when there is none)."""
         key = level_key(sigma)
         if key not in self.levels:
-            raise ConfigError(f"sigma={key:g} has no expert: sigma_search.experts has levels "
+            raise ConfigError(f"sigma={key:g} has no expert: the experts have levels "
                               f"{', '.join(f'{s:g}' for s in self.levels)}; certify at those levels only")
         return self.experts[self.levels.index(key)]
 

@@ -200,8 +200,9 @@ class SigmaTableMonitor(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         table = pl_module.sigma_table
+        # every rank holds the same table: syncing (the mean of equal values) changes nothing, and says so to DDP
         pl_module.log_dict({f"sigma_table/{key}": value for key, value in table.statistics().items()},
-                           on_step=False, on_epoch=True, rank_zero_only=True)
+                           on_step=False, on_epoch=True, sync_dist=True)
         if trainer.is_global_zero:
             log_histogram(trainer.loggers, table.sigma.cpu().numpy(), trainer.current_epoch)
 
@@ -213,7 +214,13 @@ class SigmaTableMonitor(pl.Callback):
         torch.save(exported, buffer)
         write_atomic(self.run_dir / TRAIN_SIGMA_FILE, buffer.getvalue())
         plot_sigma_table(exported["sigma"].numpy(), exported["difficulty"].numpy(), self.run_dir / "sigma_hist_train.png",
-                         f"Insta-RS Train: {len(exported['idx'])} examples after {trainer.current_epoch} epochs")
+                         train_plot_title(len(exported["idx"]), len(pl_module.sigma_table), trainer.current_epoch))
+
+
+def train_plot_title(visited: int, size: int, epochs: int) -> str:
+    """The title of sigma_hist_train.png: how many of the table's examples stage 2 visited (only those have
+    a learned sigma), after how many epochs."""
+    return f"Insta-RS Train: {visited:,} of {size:,} training examples visited, after {epochs} epochs"
 
 
 def log_histogram(loggers, values: np.ndarray, epoch: int) -> None:
@@ -238,7 +245,9 @@ def plot_sigma_table(sigmas, difficulty, path: str | Path, title: str) -> None:
     sigmas = np.asarray(sigmas, dtype=float)
     difficulty = np.asarray(difficulty, dtype=float)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.hist(sigmas, bins=40, color="tab:blue")
+    top = 1.1 * float(np.nanmax(sigmas)) if np.isfinite(sigmas).any() else 1.0
+    left.hist(sigmas, bins=np.linspace(0.0, top, 41), color="tab:blue")
+    left.set_xlim(0.0, top)  # a linear axis from 0, as the certification runs' sigma histograms
     left.set_xlabel("sigma (pixel units)")
     left.set_ylabel("training examples")
     left.set_title("per-example sigma")

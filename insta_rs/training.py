@@ -124,13 +124,13 @@ class InstaRSSettings(TrainSettings):
     def validate(self) -> None:
         super().validate()
         check(_is_int(self.stage1_epochs) and 0 <= self.stage1_epochs < self.epochs, "stage1_epochs",
-              self.stage1_epochs, f"an integer in [0, train.epochs) = [0, {self.epochs})")
+              self.stage1_epochs, f"an integer in [0, epochs={self.epochs})")
         check(self.sigma_min is not None and self.sigma_min == self.sigma_min and self.sigma_min > 0,
               "sigma_min", self.sigma_min, "a number > 0")
         check(self.sigma_max is not None and self.sigma_max == self.sigma_max and self.sigma_max >= self.sigma_min,
-              "sigma_max", self.sigma_max, f"a number >= train.sigma_min ({self.sigma_min})")
+              "sigma_max", self.sigma_max, f"a number >= sigma_min={self.sigma_min}")
         check(self.sigma0 is not None and self.sigma_min <= self.sigma0 <= self.sigma_max, "sigma0",
-              self.sigma0, f"a number in [train.sigma_min, train.sigma_max] = [{self.sigma_min}, {self.sigma_max}]")
+              self.sigma0, f"a number in [sigma_min={self.sigma_min}, sigma_max={self.sigma_max}]")
         check(self.eta is not None and self.eta > 0 and math.isfinite(self.eta), "eta", self.eta,
               "a number > 0 (the log-sigma step)")
         check(_is_int(self.m_update) and self.m_update >= 1, "m_update", self.m_update, "an integer >= 1")
@@ -264,9 +264,10 @@ class SmoothingClassifier(pl.LightningModule):
         self._epoch_started = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
-        # wall seconds of the epoch's training loop (validation excluded): stage 2's cost against stage 1's
+        # wall seconds of the epoch's training loop (validation excluded): stage 2's cost against stage 1's;
+        # under DDP the slowest rank's, which is the epoch's wall time
         self.log("train/epoch_seconds", time.perf_counter() - self._epoch_started, on_step=False, on_epoch=True,
-                 rank_zero_only=True)
+                 sync_dist=True, reduce_fx="max")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["insta_rs"] = {"format": 1, "config": self.run_config, "dataset_info": self.dataset_info,

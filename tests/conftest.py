@@ -33,11 +33,15 @@ def compose():
     GlobalHydra.instance().clear()
 
 
-def run_script(script: str, *overrides: str, cwd: Path | None = None, timeout: int = 300, check: bool = True):
-    """Run train.py / certify.py / python -m ... as a user would; returns the CompletedProcess."""
+def run_script(script: str, *overrides: str, cwd: Path | None = None, timeout: int = 300, check: bool = True,
+               env: dict | None = None):
+    """Run train.py / certify.py / python -m ... as a user would; returns the CompletedProcess. ``env``: changes
+    to the environment (a value None removes the variable, e.g. PYTHONWARNINGS to see the warnings a user sees)."""
+    changes = env or {}
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg",
-           "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    env.pop("INSTA_RS_RUN_DIR", None)
+           "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **changes}
+    for name in ["INSTA_RS_RUN_DIR", *(k for k, v in changes.items() if v is None)]:
+        env.pop(name, None)
     command = [sys.executable, *(["-m", script[3:]] if script.startswith("-m ") else [str(ROOT / script)]), *overrides]
     result = subprocess.run(command, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:

@@ -310,6 +310,22 @@ def test_plots_are_written_atomically(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*.tmp")) == []
 
 
+@pytest.mark.parametrize("sigmas", [[0.25] * 4, [0.05, 0.1, 0.12, 0.3, 0.9, 2.0]])
+def test_sigma_histogram_axis_is_linear_from_zero_with_plain_ticks(sigmas):
+    """A fixed-sigma run (one sigma) and an instance-wise spread from 0.05 to 2 alike: the axis starts at 0
+    (not at -0.2 around one bar), is linear, and its ticks read as plain numbers (no 10^k)."""
+    fig = analysis.sigma_histogram_figure(sigmas)
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "linear"
+    low, high = ax.get_xlim()
+    assert low == 0 and max(sigmas) < high <= 1.2 * max(sigmas)
+    ticks = [t.get_text().replace("\u2212", "-") for t in ax.get_xticklabels() if t.get_text()]
+    assert ticks and all(float(t) >= 0 for t in ticks)
+    counts = sum(patch.get_height() for patch in ax.patches)
+    assert counts == len(sigmas)
+
+
 # --------------------------------------------------------------------------------------------------- CLI
 
 
@@ -330,9 +346,36 @@ def test_cli_main_prints_table_and_writes_outputs(tmp_path, capsys):
         "| run_a | sound | 3 | 0.400 | 0.667 | 0.333 | 0.000 | 0.333 |",
     ]
     table = (out / "table.md").read_text()
-    assert table.splitlines()[2:] == expected_rows
+    assert table.splitlines()[2:5] == expected_rows
+    # sound and instance rows in one table: the note compare prints, from the one function both use
+    assert table.endswith(analysis.guarantee_note(["instance", "sound"]))
+    assert "Guarantees differ between rows (sound, instance)" in table
     assert printed.startswith(table)
     assert is_png(out / "certified_accuracy.png")
+    # one guarantee: no note
+    assert main([str(cohen), "--radii", "0,0.5,1"]) == 0
+    assert "Guarantees differ" not in capsys.readouterr().out
+
+
+def test_files_are_labelled_by_their_shortest_unique_path_end(tmp_path):
+    """As compare labels them: a multirun's numbered job folder keeps its sweep folder, files with one name in
+    two folders are told apart by their folders, a file given twice gets #2."""
+    from insta_rs.analyze import run_labels
+
+    job = write(tmp_path / "multirun" / "12-00-00" / "0" / "certify.tsv", OURS_HEADER + OURS_ROWS)
+    a = write(tmp_path / "noise_0.25" / "sigma_0.25", COHEN_TSV)
+    b = write(tmp_path / "noise_0.50" / "sigma_0.25", COHEN_TSV)
+    assert run_labels([job, a, b, a]) == ["12-00-00/0", "noise_0.25/sigma_0.25", "noise_0.50/sigma_0.25",
+                                          "noise_0.25/sigma_0.25 #2"]
+    assert run_labels([a]) == ["sigma_0.25"]
+
+
+def test_curve_labels_say_what_is_known_of_the_certification():
+    assert analysis.curve_label("run", "fixed", "sound", sigma=0.25, n=10000, alpha=0.001) == \
+        "run: fixed sigma=0.25 (sound, n=10000, alpha=0.001)"
+    assert analysis.curve_label(None, "grid", "sound", levels=[1.0, 0.5, 0.25], n=2000) == \
+        "grid levels=1,0.5,0.25 (sound, n=2000)"
+    assert analysis.curve_label("cohen", None, "sound") == "cohen (sound)"
 
 
 def test_cli_dataset_grid(tmp_path, capsys):

@@ -96,7 +96,8 @@ TRAIN_CASES = [
                  id="cifar10-wrong-layout"),
     pytest.param(["dataset=mnist", "dataset.root={root}"], 1, ["dataset.root", "{root}", "MNIST/raw"],
                  id="mnist-wrong-layout", marks=slow),
-    pytest.param(["dataset=image_folder", "dataset.root={images}"], 1, ["{images}", "class folders"],
+    pytest.param(["dataset=image_folder", "dataset.root={images}"], 1,
+                 ["dataset.train_dir=train", "{images}", "class folders"],
                  id="image-folder-no-classes", marks=slow),
     pytest.param(["model=resnet50"], 2, ["model=resnet50", "(1, 8, 8)", "3-channel"], id="resnet50-on-digits"),
     pytest.param(["dataset=synthetic", "dataset.input_shape=[1,2,2]"], 2, ["small_cnn", "(1, 2, 2)", "at least 4"],
@@ -263,3 +264,20 @@ def test_checkpoint_helpers_name_the_mismatch(trained_digits):
     with pytest.raises(CheckpointError, match=r"do not fit .*size mismatch for features\.0\.weight") as error:
         load_weights(SmallCNN(10, (1, 8, 8), (0.5,), (0.5,), width=8), checkpoint, path)
     assert "\n" not in str(error.value)
+
+
+def test_a_recorded_data_set_that_fails_names_its_dataset_key(trained_digits, tmp_path):
+    """certify.py without dataset=...: the checkpoint's own data set is rebuilt inside the library, which names
+    the field; the entry point's ``trained_run`` gives it the key that overrides it."""
+    from insta_rs.cli import trained_run
+    from insta_rs.errors import ConfigError
+
+    checkpoint = torch.load(trained_digits / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    checkpoint["insta_rs"]["config"]["dataset"].update(val_fraction=0.5, test_fraction=0.6)
+    path = tmp_path / "moved.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(ConfigError) as error:
+        trained_run(path, None)
+    message = str(error.value)
+    assert message.startswith("dataset.val_fraction=0.5 is invalid") and "(dataset.test_fraction=0.6)" in message
+    assert trained_run(trained_digits / "checkpoints" / "last.ckpt", None).source.info.name == "digits"

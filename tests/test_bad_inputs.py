@@ -27,7 +27,8 @@ def assert_one_line(result, code: int, *words: str) -> None:
     (["model=nosuchmodel"], 2, ["model", "small_cnn"]),
     (["train=insta_rs", "train.stage1_epochs=0", "train.sigma_min=2.0"], 2, ["train.sigma_max"]),
     (["hydra/launcher=ray"], 2, ["hydra/launcher", "joblib"]),
-    (["dataset=cifar10", "dataset.root=/nonexistent/cifar"], 1, ["/nonexistent/cifar"]),
+    (["dataset=cifar10", "dataset.root=/nonexistent/cifar"], 1,
+     ["dataset.root=/nonexistent/cifar", "dataset.download="]),
     (["model=resnet50", "dataset=digits"], 2, ["resnet50"]),
 ])
 def test_train_bad_input(tmp_path, overrides, code, words):
@@ -80,3 +81,15 @@ def test_certify_with_another_data_sets_class_count(trained_digits, tmp_path):
     result = run_script("certify.py", f"ckpt_path={trained_digits}/checkpoints/last.ckpt", f"hydra.run.dir={tmp_path}",
                         *CERTIFY, "dataset=synthetic", "dataset.num_classes=3", check=False)
     assert_one_line(result, 1, "classes")
+
+
+def test_a_bracketed_sigma_list_under_multirun_warns_that_it_is_one_job(capsys, monkeypatch):
+    from insta_rs.cli import warn_lists_under_multirun
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    warn_lists_under_multirun(["-m", "train.sigma=[0.12,0.25]", "sigma_search.levels=[1.0,0.5]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "one job" in err[0] and "train.sigma=0.12,0.25" in err[0]
+    warn_lists_under_multirun(["train.sigma=[0.12,0.25]"])  # no -m: a list is what the user meant
+    warn_lists_under_multirun(["-m", "train.sigma=0.12,0.25"])  # a real sweep
+    assert capsys.readouterr().err == ""

@@ -4,6 +4,7 @@ seed and options, write the same TSV twice."""
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import pytest
@@ -118,3 +119,25 @@ def test_compiled_model_gives_the_same_tsv_as_eager(tmp_path):
     compiled = _tsv(tmp_path, "compiled", compile=True)
     assert compiled == _tsv(tmp_path, "compiled_again", compile=True)
     assert compiled == eager
+
+
+def test_each_benchmark_has_its_own_help_with_text_for_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["certify", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m insta_rs.bench certify")
+    assert "--ranks" in text and "--autocast" in text and "--ckpt" not in text  # certify's flags, not sequential's
+    subcommands = next(a for a in bench.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert sorted(subcommands.choices) == ["certify", "search", "sequential", "throughput"]
+    for name, sub in subcommands.choices.items():
+        flags = [a for a in sub._actions if a.option_strings and a.dest != "help"]
+        assert flags, name
+        assert [a.option_strings[0] for a in flags if not (a.help or "").strip()] == [], name
+
+
+def test_a_flag_of_another_benchmark_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["certify", "--ckpt", "x.ckpt"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --ckpt" in capsys.readouterr().err

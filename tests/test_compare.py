@@ -29,6 +29,7 @@ from insta_rs.compare import (collect_runs, compare, differing_keys, is_incident
 from insta_rs.cli import SWEEP_SUFFIX_ENV, SweepGroupCallback, sweep_suffix
 from insta_rs.losses import GaussianAugmentation
 from insta_rs.training import TrainSettings
+from wandb_offline import wait_complete
 
 LOSS_CLASSES = {"gaussian": "GaussianAugmentation", "consistency": "ConsistencyLoss", "macer": "MacerLoss"}
 
@@ -190,16 +191,22 @@ def test_differing_keys_rules():
     assert is_incidental("dataset.root") and is_incidental("logger.wandb.group")
     assert is_incidental("certify:ckpt_path") and is_incidental("certify.batch_size")
     assert not is_incidental("train.sigma") and not is_incidental("certify.n")
-    labels, shown = setting_labels([{"sigma_search._target_": "insta_rs.search.base.FixedSigma"},
-                                    {"sigma_search._target_": "insta_rs.search.cascade.Cascade", "sigma_search.k": 3}])
-    assert labels == ["sigma_search=FixedSigma", "sigma_search=Cascade"]
-    assert shown[1] == {"sigma_search": "Cascade"}
+    # methods by the names users type (the class's config name), a class that cannot be imported by its name
+    targets = ["insta_rs.search.base.FixedSigma", "insta_rs.search.finite_set.BestLevelSigma",
+               "insta_rs.search.finite_set.CascadeSigma", "insta_rs.search.cascade.Cascade"]
+    labels, shown = setting_labels([{"sigma_search._target_": t} for t in targets])
+    assert labels == ["sigma_search=fixed", "sigma_search=grid", "sigma_search=cascade", "sigma_search=Cascade"]
+    assert shown[1] == {"sigma_search": "grid"}
 
 
 def test_path_labels_are_the_shortest_unique_ends(tmp_path):
     paths = [tmp_path / "a" / "noise_0.25" / "sigma_0.50", tmp_path / "a" / "noise_1.00" / "sigma_0.50",
              tmp_path / "b" / "x.tsv", tmp_path / "a" / "run7" / "certify.tsv", tmp_path / "c" / "x.txt"]
     assert path_labels(paths) == ["noise_0.25/sigma_0.50", "noise_1.00/sigma_0.50", "b/x", "run7", "c/x"]
+    # a multirun's job folders are numbers: each keeps its sweep folder
+    jobs = [tmp_path / "multirun" / "12-00-00" / "0" / "certify.tsv",
+            tmp_path / "multirun" / "13-30-00" / "1" / "certify.tsv"]
+    assert path_labels(jobs) == ["12-00-00/0", "13-30-00/1"]
 
 
 # ------------------------------------------------------------------------------- Cohen's files and guarantees
@@ -244,8 +251,11 @@ def test_rows_of_different_guarantees_are_grouped_and_labelled(tmp_path):
         row = result.table[(result.table["run"] == "mixed") & (result.table["guarantee"] == guarantee)].iloc[0]
         assert_row_matches(row, by_guarantee[guarantee], result.radii)
     assert "Guarantees differ between rows (sound, instance)" in result.markdown
-    assert set(result.curves) == {"certify.n=1000 (sound)", "mixed (sound)", "mixed (instance)",
-                                  "certify.n=2000 (sound)"}
+    # legends: the method by its config name, its sigma (the trained one, for sigma: null), n and alpha where the
+    # run's settings say them; a file without settings, the sigma its rows share
+    assert set(result.curves) == {"certify.n=1000: fixed sigma=0.25 (sound, n=1000, alpha=0.001)",
+                                  "mixed: sigma=0.25 (sound)", "mixed: sigma=0.25 (instance)",
+                                  "certify.n=2000: fixed sigma=0.25 (sound, n=2000, alpha=0.001)"}
 
 
 def test_a_folder_of_runs_expands_in_natural_order_and_imagenet_gets_its_grid(tmp_path):
@@ -293,23 +303,28 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys, args, code, words):
 # --------------------------------------------------------------------------------------------------- W&B
 
 
-def test_wandb_logs_one_line_plot_with_a_series_per_run(three_sigmas, tmp_path, monkeypatch):
+def test_wandb_logs_one_line_plot_with_a_series_per_run(three_sigmas, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "report"
     assert main([str(p) for p in three_sigmas] + ["--out", str(out), "--wandb"]) == 0
     (run_file,) = (out / "wandb").glob("offline-run-*/*.wandb")
+    # the last line says where the run is, and how to upload it
+    folder = run_file.parent.resolve()
+    last_line = capsys.readouterr().out.splitlines()[-1]
+    assert last_line == f"wandb: offline run in {folder} (upload with: wandb sync {folder})"
+    wait_complete(run_file)  # W&B's service may still be writing it
     data = run_file.read_bytes()
     assert b"compare/curve" in data and b"wandb/lineseries" in data and b"compare/table" in data
     (curve_file,) = run_file.parent.glob("files/media/table/compare/curve_table*.table.json")
     curve = json.loads(curve_file.read_text())
     assert curve["columns"] == ["step", "lineKey", "lineVal"]
     series = {key for _, key, _ in curve["data"]}
-    assert series == {"train.sigma=0.12 (sound)", "train.sigma=0.25 (sound)", "train.sigma=0.5 (sound)"}
+    assert series == {f"train.sigma={s}: fixed sigma={s} (sound, n=1000, alpha=0.001)" for s in ("0.12", "0.25", "0.5")}
     # each series is that run's certified-accuracy curve: at radius 0, the clean accuracy
     first = {key: value for step, key, value in curve["data"] if step == 0.0}
     csv = pd.read_csv(out / "compare.csv").set_index("run")
     for key, value in first.items():
-        assert value == pytest.approx(csv.loc[key.removesuffix(" (sound)"), "clean_accuracy"])
+        assert value == pytest.approx(csv.loc[key.split(": ")[0], "clean_accuracy"])
 
 
 def test_sweep_suffix_and_callback(monkeypatch):
@@ -346,6 +361,7 @@ def test_real_certify_sweep_compares_and_groups_in_wandb(trained_digits, tmp_pat
         (summary,) = expected_rows(sweep / job / "certify.tsv", result.radii).values()
         assert_row_matches(result.table.iloc[int(job)], summary, result.radii)
         (run_file,) = (sweep / job / "wandb").glob("offline-run-*/*.wandb")
+        wait_complete(run_file)
         assert b"adhoc/2025-01-31/12-00-00" in run_file.read_bytes()
 
 
@@ -460,8 +476,9 @@ def test_the_envelope_is_the_per_radius_maximum_of_the_sound_fixed_sigma_rows(tm
     assert "r=0 small" in note and "r=0.5 large" in note and "searched" not in note.split("from:")[1]
     # the dashed curve is the pointwise maximum of the two fixed-sigma curves
     grid, envelope = result.curves[f"{analysis.ENVELOPE_LABEL} (sound)"]
-    small_curve, large_curve = result.curves["small (sound)"][1], result.curves["large (sound)"][1]
+    small_curve, large_curve = result.curves["small: sigma=0.25 (sound)"][1], result.curves["large: sigma=1 (sound)"][1]
     assert envelope == pytest.approx(np.maximum(small_curve, large_curve))
+    assert row["source"] == f"envelope of {small}, {large}"
     assert main([str(small), str(large), "--envelope", "--out", str(tmp_path / "out")]) == 0
     assert "from: r=0 small" in (tmp_path / "out" / "compare.md").read_text()
     assert main([str(searched), "--envelope"]) == 1  # no fixed-sigma run to take it over

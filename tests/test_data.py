@@ -33,8 +33,11 @@ def items(dataset):
 
 
 def assert_one_line(err: pytest.ExceptionInfo, *parts: str) -> str:
+    """The message is one line holding ``parts``, and names settings by field (``root=``): the library knows
+    no config paths (the entry points add ``dataset.``, see test_entry_points_name_the_full_key)."""
     message = str(err.value)
     assert "\n" not in message, message
+    assert "dataset." not in message, message
     for part in parts:
         assert part in message, f"{part!r} not in {message!r}"
     return message
@@ -100,18 +103,18 @@ def test_cifar10_settings_and_layout_errors(cifar_root, tmp_path):
     root, _ = cifar_root
     with pytest.raises(ConfigError) as err:
         CIFAR10(root, val_size=20)  # the fixture's training set has 20 images
-    assert_one_line(err, "dataset.val_size=20", "[0, 20)")
+    assert_one_line(err, "val_size=20", "[0, 20)")
     with pytest.raises(ConfigError):
         CIFAR10(root, val_size=-1)
 
     with pytest.raises(DataError) as err:
         CIFAR10(tmp_path / "nowhere")
-    assert_one_line(err, "dataset.root=", "no CIFAR-10 batches found",
-                    f"{tmp_path / 'nowhere'}/cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta",
-                    "dataset.download=true")
+    message = assert_one_line(err, "no CIFAR-10 batches found", "download=true",
+                              f"{tmp_path / 'nowhere'}/cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta")
+    assert message.startswith(f"root={tmp_path / 'nowhere'}:")
     with pytest.raises(DataError) as err:
         CIFAR10(root / "cifar-10-batches-py")  # one level too deep
-    assert_one_line(err, "set dataset.root to its parent")
+    assert_one_line(err, f"set root={root}")
 
     (root / "cifar-10-batches-py" / "data_batch_3").unlink()
     with pytest.raises(DataError) as err:
@@ -153,8 +156,9 @@ def test_mnist_idx_files_load(tmp_path):
 def test_mnist_layout_errors(tmp_path):
     with pytest.raises(DataError) as err:
         MNIST(tmp_path / "empty")
-    assert_one_line(err, "dataset.root=", "no MNIST files found", "MNIST/raw/train-images-idx3-ubyte",
-                    "t10k-labels-idx1-ubyte", "dataset.download=true")
+    message = assert_one_line(err, "no MNIST files found", "MNIST/raw/train-images-idx3-ubyte",
+                              "t10k-labels-idx1-ubyte", "download=true")
+    assert message.startswith(f"root={tmp_path / 'empty'}:")
 
     write_mnist(tmp_path / "flat")
     raw = tmp_path / "flat" / "MNIST" / "raw"
@@ -248,44 +252,76 @@ def test_image_folder_training_augmentations(tmp_path, augment):
 
 def test_image_folder_setting_errors(tmp_path):
     write_image_folder(tmp_path, size=(8, 8))
-    for kwargs, setting in [({"val_fraction": 1.0}, "dataset.val_fraction=1.0"),
-                            ({"val_fraction": -0.1}, "dataset.val_fraction=-0.1"),
-                            ({"image_size": 0}, "dataset.image_size=0"),
-                            ({"augment": "mixup"}, "dataset.augment='mixup'"),
-                            ({"resize": 8, "image_size": 16}, "dataset.resize=8"),
-                            ({"mean": (0.5, 0.5)}, "dataset.mean="),
-                            ({"std": (0.5, 0.0, 0.5)}, "dataset.std=")]:
+    for kwargs, setting in [({"val_fraction": 1.0}, "val_fraction=1.0"),
+                            ({"val_fraction": -0.1}, "val_fraction=-0.1"),
+                            ({"image_size": 0}, "image_size=0"),
+                            ({"augment": "mixup"}, "augment='mixup'"),
+                            ({"resize": 8, "image_size": 16}, "resize=8"),
+                            ({"mean": (0.5, 0.5)}, "mean="),
+                            ({"std": (0.5, 0.0, 0.5)}, "std=")]:
         with pytest.raises(ConfigError) as err:
             ImageFolderData(tmp_path, **kwargs)
-        assert_one_line(err, setting)
+        assert assert_one_line(err).startswith(setting)
     with pytest.raises(ConfigError) as err:  # 3 classes cannot each give an image to a 1-image val split
         ImageFolderData(tmp_path, val_fraction=0.05)
-    assert_one_line(err, "dataset.val_fraction=0.05")
+    assert assert_one_line(err).startswith("val_fraction=0.05")
 
 
 def test_image_folder_layout_errors(tmp_path):
     with pytest.raises(DataError) as err:
         ImageFolderData(tmp_path / "nowhere")
-    assert_one_line(err, "dataset.root=", "no such folder", "nowhere/train/<class>/<image>",
-                    "nowhere/test/<class>/<image>")
+    message = assert_one_line(err, "no such folder", "nowhere/train/<class>/<image>", "nowhere/test/<class>/<image>")
+    assert message.startswith(f"root={tmp_path / 'nowhere'}:")
 
     write_image_folder(tmp_path / "no_test", splits={"train": 2})
     with pytest.raises(DataError) as err:
         ImageFolderData(tmp_path / "no_test")
-    assert_one_line(err, "dataset.test_dir=test", str(tmp_path / "no_test" / "test"))
+    assert assert_one_line(err, str(tmp_path / "no_test" / "test")).startswith("test_dir=test:")
 
     write_image_folder(tmp_path / "empty", size=(8, 8))
     (tmp_path / "empty" / "train" / "yak").mkdir()
     (tmp_path / "empty" / "train" / "yak" / "notes.txt").write_text("no images here")
     with pytest.raises(DataError) as err:
         ImageFolderData(tmp_path / "empty")
-    assert_one_line(err, "dataset.train_dir=train", "class folders without images", "yak")
+    assert assert_one_line(err, "class folders without images", "yak").startswith("train_dir=train:")
 
     write_image_folder(tmp_path / "mismatch" , classes=("cat", "dog"), splits={"train": 2}, size=(8, 8))
     write_image_folder(tmp_path / "mismatch", classes=("cat", "fox"), splits={"test": 1}, size=(8, 8))
     with pytest.raises(DataError) as err:
         ImageFolderData(tmp_path / "mismatch")
-    assert_one_line(err, "dataset.test_dir=test", "only in train: ['dog']", "only in test: ['fox']")
+    assert assert_one_line(err, "only in train: ['dog']", "only in test: ['fox']").startswith("test_dir=test:")
+
+
+def test_entry_points_name_the_full_key(tmp_path):
+    """What the library names by field, the entry points (insta_rs.cli) report with the dataset group's key:
+    the setting at fault, the other settings the message names, and an image that fails to load only once the
+    source is read (after it was built)."""
+    from insta_rs.cli import build_group, data_errors
+
+    write_image_folder(tmp_path / "no_test", splits={"train": 2}, size=(8, 8))
+    spec = {"_target_": "insta_rs.data.ImageFolderData", "root": str(tmp_path / "no_test"), "train_dir": "train",
+            "test_dir": "test", "val_dir": None}
+    with pytest.raises(DataError) as err:
+        build_group(spec, "dataset")
+    message = str(err.value)
+    assert message.startswith("dataset.test_dir=test: ") and f"under dataset.root={tmp_path / 'no_test'};" in message
+
+    with pytest.raises(ConfigError) as err:  # a DictConfig, as train.py passes it
+        build_group(OmegaConf.create({"_target_": "insta_rs.data.Digits", "val_fraction": 0.9, "test_fraction": 0.3}),
+                    "dataset")
+    message = str(err.value)
+    assert message.startswith("dataset.val_fraction=0.9 is invalid") and "(dataset.test_fraction=0.3)" in message
+
+    written = write_image_folder(tmp_path / "images", size=(8, 8))
+    spec = {"_target_": "insta_rs.data.ImageFolderData", "root": str(tmp_path / "images"), "val_fraction": 0.0}
+    source = build_group(spec, "dataset")
+    written["train"][1][0].write_bytes(b"not an image")
+    with pytest.raises(DataError) as err, data_errors(spec):
+        source.split("train")[1]
+    assert str(err.value).startswith(f"dataset.root={tmp_path / 'images'}: cannot read image")
+    with pytest.raises(ConfigError) as err, data_errors(spec):  # only DataErrors: a ConfigError is the caller's
+        source.split("validation")
+    assert str(err.value).startswith("split='validation'")
 
 
 def test_imagenet_preset(tmp_path):
@@ -354,7 +390,7 @@ def test_digits_split_is_fixed_by_split_seed():
     assert keys(a, "test") != keys(c, "test")
     with pytest.raises(ConfigError) as err:
         Digits(val_fraction=0.5, test_fraction=0.5)
-    assert_one_line(err, "dataset.val_fraction=0.5")
+    assert assert_one_line(err).startswith("val_fraction=0.5")
 
 
 # ---------------------------------------------------------------------------------------------- Synthetic

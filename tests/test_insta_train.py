@@ -415,3 +415,13 @@ def test_ddp_two_cpu_ranks_draw_their_own_noise_and_hold_the_table_the_gathered_
     exported = torch.load(run_dir / "train_sigma.pt", weights_only=False)
     assert exported["idx"].tolist() == list(range(31))
     torch.testing.assert_close(exported["sigma"], table, rtol=0, atol=0)
+
+
+def test_train_plot_title_says_how_many_of_the_examples_were_visited(tmp_path):
+    """sigma_hist_train.png's title: the visited examples (those with a learned sigma) out of the whole table."""
+    table = rules.SigmaTable(10, 0.25, 0.1, 0.05, 1.0, 4, 1)
+    table.label[[2, 5, 7]] = 1  # three examples visited by stage 2
+    exported = table.export({})
+    title = rules.train_plot_title(len(exported["idx"]), len(table), 4)
+    assert title == "Insta-RS Train: 3 of 10 training examples visited, after 4 epochs"
+    assert rules.train_plot_title(736, 1257, 30).startswith("Insta-RS Train: 736 of 1,257 training examples visited")

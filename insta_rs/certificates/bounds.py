@@ -55,11 +55,17 @@ def cp_upper(successes, trials: int, alpha: float) -> np.ndarray:
     return np.where(k < trials, out, 1.0)
 
 
+def phi_inv(p):
+    """PhiInv(p), the standard normal's inverse CDF (scipy's ``norm.ppf``), elementwise: -inf at 0, +inf at 1.
+    The library's one inverse normal over numpy (the training losses take torch's, on tensors)."""
+    return norm.ppf(p)
+
+
 def cohen_radius(sigma: float, p_lower: float) -> float:
     """Certified L2 radius sigma * PhiInv(pA_lower) of Cohen et al.; 0 when pA_lower <= 1/2 (abstain)."""
     if not p_lower > 0.5:
         return 0.0
-    return float(sigma * norm.ppf(p_lower))
+    return float(sigma * phi_inv(p_lower))
 
 
 def predict_is_confident(top_count: int, runner_up_count: int, alpha: float) -> bool:

@@ -10,16 +10,16 @@ the same draws that pick the level also produce the score.
   bound is < 1/2: the objective of the Insta-RS test-time search (ALGORITHMS.md 2) and of the selector's
   distillation check.
 
-Pure numpy over scipy's inverse normal; sigma, successes (and the result) broadcast together. Pass the
-sigma the noise was actually scaled by (float32 in ``Smooth``) when the score must match the draws.
+Pure numpy over scipy's inverse normal (``bounds.phi_inv``); sigma, successes (and the result) broadcast
+together. Pass the sigma the noise was actually scaled by (float32 in ``Smooth``) when the score must match
+the draws.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import norm
 
-from .bounds import cp_lower
+from .bounds import cp_lower, phi_inv
 
 
 def estimated_radius(sigma, successes, trials: int, eps: float | None = None) -> np.ndarray:
@@ -27,7 +27,7 @@ def estimated_radius(sigma, successes, trials: int, eps: float | None = None) ->
     even when every draw (or none) succeeds, so a level that got all m draws right still ranks by sigma."""
     eps = 0.5 / trials if eps is None else float(eps)
     phat = np.clip(np.asarray(successes, dtype=np.float64) / trials, eps, 1.0 - eps)
-    return np.asarray(sigma, dtype=np.float64) * norm.ppf(phat)
+    return np.asarray(sigma, dtype=np.float64) * phi_inv(phat)
 
 
 def estimated_certified_radius(sigma, successes, trials: int, alpha: float) -> np.ndarray:
@@ -35,5 +35,5 @@ def estimated_certified_radius(sigma, successes, trials: int, alpha: float) -> n
     -inf where L < 1/2 (CERTIFY would abstain). What CERTIFY would report if these draws were fresh."""
     lower = cp_lower(successes, trials, alpha)
     with np.errstate(divide="ignore"):
-        values = np.asarray(sigma, dtype=np.float64) * norm.ppf(lower)
+        values = np.asarray(sigma, dtype=np.float64) * phi_inv(lower)
     return np.where(lower >= 0.5, values, -np.inf)

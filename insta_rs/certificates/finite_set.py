@@ -39,10 +39,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm
 
 from ..errors import check
-from .bounds import ABSTAIN, cp_lower, cp_upper
+from .bounds import ABSTAIN, cp_lower, cp_upper, phi_inv
 from .sequential import anytime_lower
 
 
@@ -125,7 +124,7 @@ def _upper_terms(levels, p_upper, y: int, rows, p0: float) -> np.ndarray:
     if len(rows) == 0 or p_upper.shape[1] < 2:
         return np.full(len(rows), np.inf)
     others = np.delete(p_upper[rows], y, axis=1)
-    terms = levels[rows, None] * (norm.ppf(p0) - norm.ppf(others))
+    terms = levels[rows, None] * (phi_inv(p0) - phi_inv(others))
     return terms.min(axis=1)
 
 
@@ -156,7 +155,7 @@ def cascade_radius(levels, candidates, p_lower, p_upper, p0: float) -> LevelCert
         return LevelCertificate(ABSTAIN, 0.0, -1, "none", -1)
     k = int(confident[0])
     y = int(candidates[k])
-    r_plus = float(levels[k] * (norm.ppf(p_lower[k]) - norm.ppf(p0)))
+    r_plus = float(levels[k] * (phi_inv(p_lower[k]) - phi_inv(p0)))
     rows = np.arange(k)
     return _combine(y, k, r_plus, k, _upper_terms(levels, p_upper, y, rows, p0), rows)
 
@@ -173,7 +172,7 @@ def best_level_radius(levels, candidates, p_lower, p_upper, p0: float) -> LevelC
     confident = np.flatnonzero(p_lower > p0)
     if confident.size == 0:
         return LevelCertificate(ABSTAIN, 0.0, -1, "none", -1)
-    plus = levels[confident] * (norm.ppf(p_lower[confident]) - norm.ppf(p0))
+    plus = levels[confident] * (phi_inv(p_lower[confident]) - phi_inv(p0))
     best = int(confident[int(plus.argmax())])
     y = int(candidates[best])
     rows = np.arange(levels.size)

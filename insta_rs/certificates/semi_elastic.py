@@ -40,10 +40,10 @@ import functools
 import math
 
 import numpy as np
-from scipy.special import ndtr, ndtri
+from scipy.special import ndtr
 from scipy.stats import chi2, ncx2
 
-from .bounds import cohen_radius
+from .bounds import cohen_radius, phi_inv
 
 NCX2_MAX_NONCENTRALITY = 1e9
 """Above this lambda0, scipy's ncx2 is not used (slow, then NaN); the quadrature is."""
@@ -80,7 +80,7 @@ def worst_case_other_probability(p_b, radius, sigma0, sigma1, d: int):
 
     out = np.ones_like(p_b)
     same = sigma1 == sigma0
-    out[same] = ndtr(ndtri(p_b[same]) + radius[same] / sigma0[same])
+    out[same] = ndtr(phi_inv(p_b[same]) + radius[same] / sigma0[same])
     other = ~same
     if np.any(other):
         pb, rr, s0, s1 = p_b[other], radius[other], sigma0[other], sigma1[other]
@@ -126,7 +126,7 @@ def worst_case_over_interval(p_b: float, radii, sigma0: float, r: float, d: int,
     high = sigma0 * np.exp(spread)
     xi_low = worst_case_other_probability(p_b, radii, sigma0, low, d)
     xi_high = worst_case_other_probability(p_b, radii, sigma0, high, d)
-    xi_cohen = ndtr(ndtri(p_b) + radii / sigma0)
+    xi_cohen = ndtr(phi_inv(p_b) + radii / sigma0)
     return np.maximum(np.maximum(xi_low, xi_high), xi_cohen)
 
 
@@ -267,7 +267,7 @@ def _xi_quadrature_order(p_b, radius, sigma0, sigma1, d, order):
             return _region_probability(tau, a0, b, inside, nodes, weights)
 
         # P0 decreases in tau in both cases. Initial bracket around the large-ball approximation.
-        guess = -ndtri(pb) + (-1.0 if inside else 1.0) * (d / (2.0 * np.abs(a0)))
+        guess = -phi_inv(pb) + (-1.0 if inside else 1.0) * (d / (2.0 * np.abs(a0)))
         width = np.full(pb.shape, 8.0)
         lo = guess - width
         hi = guess + width

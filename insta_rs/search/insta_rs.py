@@ -101,12 +101,12 @@ class InstaRSSearch(SigmaMethod):
               "starts", starts, "a non-empty list of numbers > 0, e.g. [0.12, 0.25, 0.5, 1.0]")
         check(_number(sigma_min) and sigma_min > 0, "sigma_min", sigma_min, "a number > 0")
         check(_number(sigma_max) and sigma_max >= sigma_min, "sigma_max", sigma_max,
-              f"a number >= sigma_search.sigma_min={sigma_min}")
+              f"a number >= sigma_min={sigma_min}")
         check(_integer(m) and m >= 1, "m", m, "an integer >= 1 (noise draws per evaluated sigma)")
         check(_integer(steps) and steps >= 1, "steps", steps, "an integer >= 1")
         check(_number(eta) and eta > 0, "eta", eta, "a number > 0 (initial step in log-sigma)")
         check(_number(eta_min) and 0 < eta_min <= eta, "eta_min", eta_min,
-              f"a number in (0, sigma_search.eta={eta}]")
+              f"a number in (0, eta={eta}]")
         check(_number(alpha_s) and 0 < alpha_s < 1, "alpha_s", alpha_s, "a number in (0, 1), e.g. 0.05")
         self.starts = [float(s) for s in starts]
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)

@@ -104,7 +104,7 @@ class SelectorSigma(SigmaMethod):
         if record.get("experts_sha256") != context.experts_sha256:
             wanted = "the experts it was trained with" if record.get("experts_sha256") else "no experts"
             raise CheckpointError(f"the selector {self.ckpt_path!r} was trained for {wanted}, not for this "
-                                  "sigma_search.experts: certify with the experts of its train=selector run")
+                                  "experts: certify with the experts of its train=selector run")
         info = getattr(context.source, "info", None)
         shape = tuple(record["dataset_info"]["input_shape"])
         if info is not None and tuple(info.input_shape) != shape:

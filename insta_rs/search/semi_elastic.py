@@ -78,7 +78,7 @@ class SemiElasticSigma(SigmaMethod):
         self.sigma_max = _positive_or_none(sigma_max, "sigma_max")
         if self.sigma_min is not None and self.sigma_max is not None:
             check(self.sigma_min <= self.sigma_max, "sigma_min", sigma_min,
-                  f"a value <= sigma_search.sigma_max={sigma_max}")
+                  f"a value <= sigma_max={sigma_max}")
         check(max_train is None or (isinstance(max_train, int) and max_train > k), "max_train",
               max_train, f"null (all training inputs) or an integer > k={k}")
         self.max_train = max_train
