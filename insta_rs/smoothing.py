@@ -394,26 +394,24 @@ class Smooth:
                 model_input.copy_(chunk)
             if clock:
                 start = self._tick(timing, "shift", start)
-            with self._autocast():
-                if row_sigma is None:
-                    logits = self._forward_module(model_input)
-                else:  # per-level experts (insta_rs.experts): each draw goes to its sigma's expert
-                    for request, at, take in segments:
-                        row_sigma[at:at + take] = request.sigma
-                    if used < size:
-                        row_sigma[used:] = segments[-1][0].sigma
-                    logits = self._forward_module(model_input, row_sigma)
-            predictions = logits.argmax(dim=1)
+            predictions = self._predict(model_input, segments, row_sigma)
             if clock:
                 start = self._tick(timing, "forward", start)
-            if len(segments) == 1:
-                request, at, take = segments[0]
+            for request, at, take in segments:
                 request.counts += torch.bincount(predictions[at:at + take], minlength=classes)
-            else:
-                for request, at, take in segments:
-                    request.counts += torch.bincount(predictions[at:at + take], minlength=classes)
             if clock:
                 self._tick(timing, "count", start)
+
+    def _predict(self, model_input: torch.Tensor, segments, row_sigma: torch.Tensor | None) -> torch.Tensor:
+        """The base classifier's class for every row of one chunk. A model that takes sigma (per-level experts,
+        ``insta_rs.experts``) also gets each row's sigma; the padding rows after the last segment get its sigma."""
+        with self._autocast():
+            if row_sigma is None:
+                return self._forward_module(model_input).argmax(dim=1)
+            for request, at, take in segments:
+                row_sigma[at:at + take] = request.sigma
+            row_sigma[at + take:] = segments[-1][0].sigma
+            return self._forward_module(model_input, row_sigma).argmax(dim=1)
 
     def _clock(self) -> float:
         if self.device.type == "cuda":
