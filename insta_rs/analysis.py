@@ -336,10 +336,13 @@ def plot_certified_accuracy(curves: dict[str, tuple[list[float], list[float]]], 
                             title: str | None = None, dashed: Iterable[str] = ()) -> None:
     """Write a PNG of certified accuracy (y) against radius (x), one step curve per entry of
     ``curves`` ({legend label: (radii, accuracies)}, e.g. from ``certified_accuracy_curve``); callers
-    put the guarantee label in the legend label. Labels in ``dashed`` (the envelope) are black dashed. Written atomically (temporary file + os.replace)."""
+    put the guarantee label in the legend label, which stands under the axes. Labels in ``dashed`` (the envelope)
+    are black dashed. Written atomically (temporary file + os.replace)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4))
+    # the legend goes under the axes (long labels name the method, sigma, n and alpha); the figure grows with it
+    legend_height = 0.2 * len(curves) + 0.3 if curves else 0.0
+    fig = Figure(figsize=(7, 4 + legend_height))
     ax = fig.add_subplot()
     dashed = set(dashed)
     for label, (radii, acc) in curves.items():
@@ -350,11 +353,13 @@ def plot_certified_accuracy(curves: dict[str, tuple[list[float], list[float]]], 
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(loc="upper right", fontsize="small")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
+    if curves:
+        fig.legend(*ax.get_legend_handles_labels(), loc="lower center", fontsize="small", frameon=False)
+        fig.subplots_adjust(left=0.1, right=0.97, top=0.93, bottom=(legend_height + 0.55) / (4 + legend_height))
+    else:
+        fig.tight_layout()
     _save_atomic(fig, path)
 
 
