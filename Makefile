@@ -80,7 +80,7 @@ results-cifar-jpg-train: install
 	$(PY) train.py -m $(TRAINC) train.sigma=0.12,0.25,0.5,1.0 hydra.sweep.dir=$(RC)/train/gaussian
 	$(PY) train.py -m $(TRAINC) train=consistency train.sigma=0.25,0.5 hydra.sweep.dir=$(RC)/train/consistency
 	$(PY) train.py $(TRAINC) 'train.sigma=$(LEVELS)' hydra.run.dir=$(RC)/train/across_sigmas
-	$(PY) train.py $(TRAINC) train=insta_rs train.update_every=4 hydra.run.dir=$(RC)/train/insta_rs
+	$(PY) train.py $(TRAINC) train=insta_rs train.update_every=8 train.m_update=8 hydra.run.dir=$(RC)/train/insta_rs
 
 G := $(RC)/train/gaussian
 results-cifar-jpg-certify: install
