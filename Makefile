@@ -85,14 +85,14 @@ results-cifar-jpg-train: install
 G := $(RC)/train/gaussian
 results-cifar-jpg-certify: install
 	$(PY) certify.py -m $(CERTC) ckpt_path=$(G)/0/checkpoints/last.ckpt,$(G)/1/checkpoints/last.ckpt,$(G)/2/checkpoints/last.ckpt,$(G)/3/checkpoints/last.ckpt,$(RC)/train/consistency/0/checkpoints/last.ckpt,$(RC)/train/consistency/1/checkpoints/last.ckpt hydra.sweep.dir=$(RC)/certify/fixed
-	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=best_level 'sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/certify/experts/best_level
-	$(PY) certify.py -m $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=grid,cascade 'sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.sweep.dir=$(RC)/certify/experts/sound
+	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=best_level '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/certify/experts/best_level
+	$(PY) certify.py -m $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=grid,cascade '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.sweep.dir=$(RC)/certify/experts/sound
 	$(PY) train.py train=selector base_ckpt=$(G)/1/checkpoints/last.ckpt 'experts=$(EXPERT_MAP)' selector.draws=16 logger=csv hydra.run.dir=$(RC)/train/selector_experts
 	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(RC)/train/selector_experts/selector.pt $(EXPERTS) hydra.run.dir=$(RC)/certify/experts/selector
 	$(PY) certify.py $(CERTC) ckpt_path=$(ACROSS) sigma_search=insta_rs sigma_search.m=64 hydra.run.dir=$(RC)/certify/across_sigmas/insta_rs
 	$(PY) certify.py $(CERTC) ckpt_path=$(ACROSS) sigma_search=semi_elastic sigma_search.sigma_b=0.25 hydra.run.dir=$(RC)/certify/across_sigmas/semi_elastic
 	$(PY) certify.py $(CERTC) ckpt_path=$(INSTA) sigma_search=insta_rs sigma_search.m=64 hydra.run.dir=$(RC)/certify/insta_rs_train/insta_rs
-	$(PY) certify.py -m $(CERTC) ckpt_path=$(ACROSS) sigma_search=grid,cascade 'sigma_search.levels=$(LEVELS)' hydra.sweep.dir=$(RC)/certify/across_sigmas/sound
+	$(PY) certify.py -m $(CERTC) ckpt_path=$(ACROSS) sigma_search=grid,cascade '++sigma_search.levels=$(LEVELS)' hydra.sweep.dir=$(RC)/certify/across_sigmas/sound
 	$(PY) -m insta_rs.compare $(RC)/certify --dataset cifar10 --envelope --out $(RC)
 
 # Sound instance-wise rules with one expert per level on digits (issue 15): four Gaussian experts (sigma 0.12,
@@ -116,16 +116,16 @@ results-digits-experts-train: install
 	$(PY) train.py -m train=selector base_ckpt=$(DX)/1/checkpoints/last.ckpt 'experts=$(DEXPERT_MAP)' selector.sigma=0.25,0.5,1.0 logger=csv hydra.sweep.dir=$(RD)/train/selector
 
 results-digits-experts-val: results-digits-experts-train
-	$(PY) certify.py -m $(DVAL) sigma_search=grid,cascade sigma_search.p0=0.5,0.6,0.7,0.8 'sigma_search.levels=[1.0,0.5,0.25,0.12],[0.5,0.25,0.12]' $(DEXPERTS) hydra.sweep.dir=$(RD)/val/finite
+	$(PY) certify.py -m $(DVAL) sigma_search=grid,cascade sigma_search.p0=0.5,0.6,0.7,0.8 '++sigma_search.levels=[1.0,0.5,0.25,0.12],[0.5,0.25,0.12]' $(DEXPERTS) hydra.sweep.dir=$(RD)/val/finite
 	$(PY) certify.py -m $(DVAL) sigma_search=selector sigma_search.ckpt_path=$(RD)/train/selector/0/selector.pt,$(RD)/train/selector/1/selector.pt,$(RD)/train/selector/2/selector.pt $(DEXPERTS) hydra.sweep.dir=$(RD)/val/selector
 	$(PY) -m insta_rs.compare $(RD)/val --out $(RD)/val
 
 results-digits-experts: install
 	$(PY) certify.py -m $(DTEST) ckpt_path=$(DX)/0/checkpoints/last.ckpt,$(DX)/1/checkpoints/last.ckpt,$(DX)/2/checkpoints/last.ckpt,$(DX)/3/checkpoints/last.ckpt hydra.sweep.dir=$(RD)/test/fixed
 	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=best_level 'sigma_search.levels=[1.0,0.5,0.25,0.12]' $(DEXPERTS) hydra.run.dir=$(RD)/test/best_level
-	$(PY) certify.py -m $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=grid,cascade 'sigma_search.levels=[1.0,0.5,0.25,0.12]' $(DEXPERTS) hydra.sweep.dir=$(RD)/test/default
-	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=grid sigma_search.p0=$(GRID_P0) 'sigma_search.levels=$(GRID_LEVELS)' $(DEXPERTS) hydra.run.dir=$(RD)/test/grid_chosen
-	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=cascade sigma_search.p0=$(CASCADE_P0) 'sigma_search.levels=$(CASCADE_LEVELS)' $(DEXPERTS) hydra.run.dir=$(RD)/test/cascade_chosen
+	$(PY) certify.py -m $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=grid,cascade '++sigma_search.levels=[1.0,0.5,0.25,0.12]' $(DEXPERTS) hydra.sweep.dir=$(RD)/test/default
+	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=grid sigma_search.p0=$(GRID_P0) '++sigma_search.levels=$(GRID_LEVELS)' $(DEXPERTS) hydra.run.dir=$(RD)/test/grid_chosen
+	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=cascade sigma_search.p0=$(CASCADE_P0) '++sigma_search.levels=$(CASCADE_LEVELS)' $(DEXPERTS) hydra.run.dir=$(RD)/test/cascade_chosen
 	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(RD)/train/selector/$(SELECTOR_RUN)/selector.pt $(DEXPERTS) hydra.run.dir=$(RD)/test/selector
 	$(PY) -m insta_rs.compare $(RD)/test --envelope --out $(RD)/test
 

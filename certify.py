@@ -6,8 +6,9 @@ Writes certify.tsv (one flushed row per input; ALGORITHMS.md section 6), then su
 certified_accuracy.png and sigma_hist.png. Rerunning the same command in the same run directory
 (hydra.run.dir=...) resumes after the last complete row; the rows are identical either way.
 With trainer=ddp (GPUs) or trainer=ddp_sim (two CPU processes) the inputs are sharded across ranks; the
-rows equal a single process's. All the work is ``insta_rs.certification.run``; this file composes the
-config and hands it the settings.
+rows equal a single process's. ``certify.mode=predict`` runs Cohen et al.'s PREDICT at the sigma the method
+chooses and writes predict.tsv, summary.json and table.md instead. All the work is
+``insta_rs.certification.run``; this file composes the config and hands it the settings.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def main(cfg: DictConfig) -> float | None:
     with cli.data_errors(trained.source_spec), cli.group_errors(cfg.certify, "certify"):
         result = run(trained, method, spec, settings, seed=cfg.seed, run_dir=run_dir,
                      make_trainer=cli.certification_trainer(cfg.trainer, run_dir), wandb=cli.wandb_settings(cfg))
-    return None if result is None else result.summary["acr"]  # None on DDP ranks other than 0
+    if result is None:  # DDP ranks other than 0
+        return None
+    return result.summary["accuracy"] if settings.mode == "predict" else result.summary["acr"]
 
 
 if __name__ == "__main__":

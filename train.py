@@ -2,6 +2,7 @@
 
     python train.py [dataset=digits] [model=small_cnn] [train=gaussian] [trainer=cpu] [logger=wandb] ...
     python train.py -m train.sigma=0.12,0.25,0.5,1.0      # a Hydra multirun sweep
+    python train.py hparams_search=certified_accuracy     # an Optuna search for certified accuracy at a radius
 
 Writes checkpoints/{last,best}.ckpt, config.yaml (resolved), csv/metrics.csv and wandb/ in the run directory.
 """
@@ -40,18 +41,20 @@ def run_directory() -> Path:
 
 def train(cfg: DictConfig) -> float | None:
     """Build the settings (the train group's _target_, with its loss), the data, the model, the module, the
-    loggers, callbacks and trainer from the config, and fit (``insta_rs.training.fit``)."""
+    loggers, callbacks and trainer from the config, fit (``insta_rs.training.fit``), and return the
+    ``objective`` (``insta_rs.training.training_objective``: what a sweeper such as hparams_search optimises)."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
     from insta_rs.data import SmoothingDataModule
-    from insta_rs.training import SmoothingClassifier, fit
+    from insta_rs.training import ObjectiveSettings, SmoothingClassifier, fit, training_objective
 
     run_dir = run_directory()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("selector") is not None:  # train=selector: fit a sigma selector for base_ckpt
         return train_selector(cfg, run_dir)
     settings = build_group(resolved(cfg.train), "train", _convert_="all")
+    objective = cli_settings(ObjectiveSettings, cfg.objective, "objective")
     source = build_group(cfg.dataset, "dataset")
     info = source.info
     model = instantiate(cfg.model, num_classes=info.num_classes, input_shape=tuple(info.input_shape),
@@ -65,7 +68,8 @@ def train(cfg: DictConfig) -> float | None:
                                      default_root_dir=str(run_dir))
     datamodule = SmoothingDataModule(source, batch_size=settings.batch_size, num_workers=cfg.num_workers)
     with data_errors(cfg.dataset):  # an image that cannot be read is met as training reads it
-        return fit(module, datamodule, cfg.ckpt_path, OmegaConf.to_yaml(config), make_trainer)
+        val_metric = fit(module, datamodule, cfg.ckpt_path, OmegaConf.to_yaml(config), make_trainer)
+        return training_objective(objective, module, val_metric, source.split("val"), cfg.trainer.get("accelerator"))
 
 
 def train_selector(cfg: DictConfig, run_dir: Path) -> None:

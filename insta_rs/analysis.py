@@ -11,6 +11,10 @@ Metrics (ALGORITHMS.md section 5), over the N rows of a file:
 - ACR = (1/N) * sum_i radius_i * correct_i.
 Summaries never pool rows of different guarantee labels (ALGORITHMS.md section 3): use
 ``summarize_by_guarantee``; ``summarize`` on a mixed frame says ``guarantee: "mixed"``.
+
+A prediction file (PREDICT, ALGORITHMS.md 1: ``certify.mode=predict``'s predict.tsv, or Cohen et al.'s
+``predict.py`` output) has ``idx label predict correct time`` and no radius: ``read_predictions``,
+``summarize_predictions`` (accuracy, abstain rate) and ``prediction_table``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ IMAGENET_RADII = tuple(0.5 * i for i in range(8))  # 0, 0.5, ..., 3.5
 
 ABSTAIN = -1
 REQUIRED_COLUMNS = ("idx", "label", "predict", "radius", "correct")
+PREDICTION_COLUMNS = ("idx", "label", "predict", "correct")
 # optional column -> (kind, default when the column is absent)
 OPTIONAL_COLUMNS = {
     "time": ("time", math.nan),
@@ -112,9 +117,29 @@ def read_certification(path: str | Path) -> pd.DataFrame:
     the header, or one that lacks its newline and does not parse, is a row a killed run was writing
     and is ignored; any other malformed row raises DataError (one line naming file, line and column).
     """
-    path = Path(path)
+    return _read_rows(Path(path), REQUIRED_COLUMNS, "a certification file")
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """Read a prediction TSV (PREDICT rows: idx, label, predict, correct required; no radius) as
+    ``read_certification`` reads a certification file, with the same optional columns and defaults."""
+    return _read_rows(Path(path), PREDICTION_COLUMNS, "a prediction file")
+
+
+def is_prediction_file(path: str | Path) -> bool:
+    """Whether the file's header has PREDICT's columns and no ``radius`` (False when it cannot be read: the
+    reader then says why)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().rstrip("\r\n").split("\t")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return "radius" not in header and all(column in header for column in PREDICTION_COLUMNS)
+
+
+def _read_rows(path: Path, required: Sequence[str], what: str) -> pd.DataFrame:
     lines, complete_last = _certification_lines(path)
-    header = _certification_header(path, lines)
+    header = _certification_header(path, lines, required, what)
     kinds = {**_KINDS, **{name: kind for name, (kind, _) in OPTIONAL_COLUMNS.items()}}
     records = _certification_records(path, header, lines[1:], kinds, complete_last)
     df = _certification_frame(header, records, kinds)
@@ -139,19 +164,20 @@ def _certification_lines(path: Path) -> tuple[list[str], bool]:
     return [line.rstrip("\r") for line in lines], complete_last
 
 
-def _certification_header(path: Path, lines: list[str]) -> list[str]:
+def _certification_header(path: Path, lines: list[str], required: Sequence[str] = REQUIRED_COLUMNS,
+                          what: str = "a certification file") -> list[str]:
     """The header's column names; DataError when it is empty, repeats a name or lacks a required column."""
     if not lines or not lines[0].strip():
-        raise DataError(f"{path}: empty certification file: expected a header line with columns "
-                        f"{', '.join(REQUIRED_COLUMNS)}, time")
+        raise DataError(f"{path}: empty {what.split(' ', 1)[1]}: expected a header line with columns "
+                        f"{', '.join(required)}, time")
     header = lines[0].split("\t")
     if len(set(header)) != len(header):
         duplicated = sorted({c for c in header if header.count(c) > 1})
         raise DataError(f"{path}: column {duplicated[0]!r} appears twice in the header")
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    missing = [c for c in required if c not in header]
     if missing:
-        raise DataError(f"{path}: missing column {missing[0]!r}: a certification file needs tab-separated columns "
-                        f"{', '.join(REQUIRED_COLUMNS)} (found {', '.join(header)})")
+        raise DataError(f"{path}: missing column {missing[0]!r}: {what} needs tab-separated columns "
+                        f"{', '.join(required)} (found {', '.join(header)})")
     return header
 
 
@@ -278,6 +304,39 @@ def summarize_by_guarantee(df: pd.DataFrame, radii: Sequence[float]) -> dict[str
         df = df.assign(guarantee="sound")
     labels = df["guarantee"].astype(str)
     return {label: summarize(df[labels == label], radii) for label in sorted(set(labels))}
+
+
+def summarize_predictions(df: pd.DataFrame) -> dict:
+    """A prediction file's numbers: rows; accuracy (fraction with correct = 1, abstentions wrong); abstain_rate
+    (fraction with predict = -1); seconds_per_input; sigma_quantiles; guarantee (as ``summarize``). With no
+    rows every fraction is None."""
+    n = int(len(df))
+    labels = sorted(set(df["guarantee"].astype(str)))
+    guarantee = labels[0] if len(labels) == 1 else ("mixed" if labels else None)
+    if n == 0:
+        return {"rows": 0, "guarantee": guarantee, "accuracy": None, "abstain_rate": None,
+                "seconds_per_input": None, "sigma_quantiles": None}
+    numbers = summarize(df.assign(radius=0.0), ())
+    return {"rows": n, "guarantee": guarantee, "accuracy": numbers["clean_accuracy"],
+            **{key: numbers[key] for key in ("abstain_rate", "seconds_per_input", "sigma_quantiles")}}
+
+
+def summarize_predictions_by_guarantee(df: pd.DataFrame) -> dict[str, dict]:
+    """{guarantee label: summarize_predictions(rows with that label)}, labels sorted; never pools two labels."""
+    labels = df["guarantee"].astype(str)
+    return {label: summarize_predictions(df[labels == label]) for label in sorted(set(labels))}
+
+
+def prediction_table(summaries: dict[str, dict], label_header: str = "run") -> str:
+    """A markdown table with one row per (run label, guarantee): run | guarantee | rows | accuracy | abstain |
+    s/input. ``summaries`` maps a run label to ``summarize_predictions_by_guarantee``'s result."""
+    head = [label_header, "guarantee", "rows", "accuracy", "abstain", "s/input"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for label, per_guarantee in summaries.items():
+        for guarantee, s in per_guarantee.items():
+            lines.append("| " + " | ".join([str(label), str(guarantee), str(int(s["rows"])), _fmt(s["accuracy"]),
+                                            _fmt(s["abstain_rate"]), _fmt(s["seconds_per_input"])]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value) -> str:

@@ -10,6 +10,8 @@ others (a certify.tsv by its folder; a numbered folder of a Hydra multirun with 
 The grid is ``--radii`` if given, else the standard grid
 of ``--dataset`` (ImageNet's for imagenet*, CIFAR-10's otherwise). With ``--out DIR`` also writes
 DIR/table.md and DIR/certified_accuracy.png (one curve per file and guarantee, with the sigma its rows share).
+Prediction files (PREDICT rows without a radius: ``certify.mode=predict``'s predict.tsv, Cohen et al.'s
+predict.py output) get their own table: rows, accuracy, abstain rate and seconds per input per guarantee label.
 A missing or malformed file: one line on stderr, exit code 1; a bad option value: exit code 2.
 """
 
@@ -50,10 +52,15 @@ def analyze(paths: list[str | Path], radii: tuple[float, ...], out: str | Path |
     """Read every file, return the markdown table; with ``out``, also write table.md and
     certified_accuracy.png there (the curves share one radius range)."""
     paths = [Path(p) for p in paths]
-    frames = {label: analysis.read_certification(p) for label, p in zip(run_labels(paths), paths)}
+    labelled = list(zip(run_labels(paths), paths))
+    predictions = {label: analysis.summarize_predictions_by_guarantee(analysis.read_predictions(p))
+                   for label, p in labelled if analysis.is_prediction_file(p)}
+    frames = {label: analysis.read_certification(p) for label, p in labelled if label not in predictions}
     summaries = {label: analysis.summarize_by_guarantee(df, radii) for label, df in frames.items()}
-    table = analysis.markdown_table(summaries, radii)
-    table += analysis.guarantee_note(guarantee for by in summaries.values() for guarantee in by)
+    tables = [analysis.markdown_table(summaries, radii)] if frames else []
+    tables += [analysis.prediction_table(predictions)] if predictions else []
+    table = "\n".join(tables)
+    table += analysis.guarantee_note(guarantee for by in [*summaries.values(), *predictions.values()] for guarantee in by)
     if out is not None:
         from .certification_file import write_atomic
 
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit code (0, or the InstaRSError's: 1 data, 2 configuration)."""
     parser = argparse.ArgumentParser(prog="python -m insta_rs.analyze",
                                      description="Certified accuracy and ACR tables for certification TSV files.")
-    parser.add_argument("files", nargs="+", metavar="FILE.tsv", help="certification files (ALGORITHMS.md section 6)")
+    parser.add_argument("files", nargs="+", metavar="FILE.tsv", help="certification files (ALGORITHMS.md section 6) or prediction files (predict.tsv)")
     parser.add_argument("--radii", default=None, help="comma-separated radius grid, e.g. 0,0.25,0.5")
     parser.add_argument("--dataset", default=None,
                         help="standard grid for this data set: imagenet* -> 0,0.5,...,3.5, else 0,0.25,...,2.25")

@@ -9,6 +9,10 @@ asked, and writes the reports. It reads the finished TSV once and returns its ro
 generator (``row_generator(seed, idx)``), so a row depends on (seed, idx, settings) alone and a resumed or
 sharded run writes the same rows as an uninterrupted one. Several inputs share forward passes when a method
 supports it (``SigmaMethod.certify_many``); their draws still come from their own generators.
+
+``mode=predict`` runs Cohen et al.'s PREDICT instead (ALGORITHMS.md 1) through the same path: the method
+chooses sigma (``SigmaMethod.choose_sigma``), PREDICT answers at it, and the rows go to ``predict.tsv``
+(``PREDICT_COLUMNS``: no radius); the reports are summary.json and table.md (accuracy and abstain rate).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from . import analysis, certification_file, distributed
 from .certificates import ABSTAIN, check_alpha, floor_to
 from .certificates.memory import memory_consistency
 from .certificates.sequential import SequentialPlan
-from .certification_file import CERTIFY_COLUMNS, CertificationLog, write_atomic, write_json_atomic
+from .certification_file import CERTIFY_COLUMNS, PREDICT_COLUMNS, CertificationLog, write_atomic, write_json_atomic
 from .checkpoints import TrainedRun
 from .experts import load_experts
 from .errors import check
@@ -38,6 +42,9 @@ from .smoothing import Smooth, autocast_dtype_of, check_certify_settings, count_
 class CertifySettings:
     """The ``certify`` config group: Cohen et al.'s protocol by default (n0 = 100, n = 100,000, alpha = 0.001).
 
+    mode: certify (CERTIFY: certify.tsv with radii) | predict (Cohen's PREDICT: predict.tsv, a class or abstain
+    per input, wrong with probability at most alpha; n draws; n0 only for the methods that choose a level
+    from draws).
     n0, n, alpha: selection draws, estimation draws and failure probability of each certificate.
     batch_size: noisy images per forward pass (does not change the statistics for a given value).
     split: test | val. skip: certify every skip-th input. max: at most this many inputs (None: all).
@@ -51,6 +58,7 @@ class CertifySettings:
     (see insta_rs.certificates.sequential.SequentialPlan).
     """
 
+    mode: str = "certify"
     n0: int = 100
     n: int = 100_000
     alpha: float = 0.001
@@ -71,10 +79,15 @@ class CertifySettings:
     radii: list[float] | None = None
     reach_alpha: float | None = 0.001
 
+    def warnings(self) -> list[str]:
+        """Settings that work but are likely a mistake (the entry point prints them)."""
+        if self.n0 > self.n:
+            return [f"n0={self.n0} is more than n={self.n}: the n0 draws only pick the class that the n draws "
+                    f"then bound, so n0 > n spends most draws on the choice (Cohen et al.: n0=100, n=100000)"]
+        return []
+
     def __post_init__(self) -> None:
         check_certify_settings(1.0, self.n0, self.n, self.alpha)
-        check(self.n0 <= self.n, "n0", self.n0, f"at most n={self.n}: the n0 draws only pick the "
-              "class that the n draws then bound")
         check(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", self.batch_size,
               "an integer >= 1")
         check(self.split in ("test", "val"), "split", self.split, "test or val")
@@ -100,6 +113,12 @@ class CertifySettings:
               "reach_alpha", self.reach_alpha, "null (optimistic) or a number in (0, 1)")
         check(self.sampling == "sequential" or self.radii is None, "radii", self.radii,
               "null unless sampling=sequential")
+        check(self.mode in ("certify", "predict"), "mode", self.mode,
+              "certify (CERTIFY: radii) or predict (Cohen's PREDICT: a class or abstain)")
+        check(self.mode == "certify" or self.sampling == "fixed", "sampling", self.sampling,
+              "fixed with mode=predict (PREDICT takes its n draws at once)")
+        check(self.mode == "certify" or self.consistency == "none", "consistency", self.consistency,
+              "none with mode=predict (the memory pass needs radii)")
 
     @property
     def plan(self) -> SequentialPlan | None:
@@ -118,6 +137,8 @@ class CertifySettings:
         if self.sampling == "sequential":  # recorded only when on, so fixed-sampling runs resume as before
             identity["sequential"] = {key: getattr(self, key) for key in (
                 "bound", "first_stage", "stage_factor", "tolerance", "radii", "reach_alpha")}
+        if self.mode == "predict":  # likewise: certify runs made before the mode existed resume
+            identity["mode"] = self.mode
         return {**identity, **{key: True for key in ("channels_last", "compile") if getattr(self, key)}}
 
 
@@ -139,29 +160,35 @@ class Certifier:
 
     ``rows(xs, labels, indices)`` returns the TSV rows (dicts keyed by ``columns``) of several inputs,
     each certified with ``row_generator(seed, idx)``; ``time`` is the row's share of the wall seconds
-    (the rows of one group share forward passes, so their seconds are split evenly).
+    (the rows of one group share forward passes, so their seconds are split evenly). With
+    ``mode="predict"`` the rows are PREDICT's (``PREDICT_COLUMNS``), one input at a time.
     """
 
-    def __init__(self, smooth: Smooth, method: SigmaMethod, n0: int, n: int, alpha: float, seed: int):
+    def __init__(self, smooth: Smooth, method: SigmaMethod, n0: int, n: int, alpha: float, seed: int,
+                 mode: str = "certify"):
         check_alpha(alpha)
         check_certify_settings(1.0, n0, n, alpha)
-        self.smooth, self.method = smooth, method
+        self.smooth, self.method, self.mode = smooth, method, mode
         self.n0, self.n, self.alpha, self.seed = int(n0), int(n), float(alpha), int(seed)
         # fixed sampling keeps Cohen's columns byte for byte; sequential rows say how many draws they used
         self.draws_column = smooth.sequential is not None
         self.columns = CERTIFY_COLUMNS + (("draws",) if self.draws_column else ()) + tuple(method.extra_columns)
+        if mode == "predict":
+            self.columns = PREDICT_COLUMNS
 
     @property
     def rows_per_group(self) -> int:
         """How many inputs share forward passes: as many as fit one batch of draws (at least one); with
         sequential sampling, as many as fill one batch at a look."""
-        if not self.method.batches_rows:
+        if not self.method.batches_rows or self.mode == "predict":
             return 1
         if self.smooth.sequential is not None:  # a look draws `first` more per running input: fill a batch
             return max(1, self.smooth.batch_size // min(self.smooth.sequential.first, self.n))
         return max(1, self.smooth.batch_size // (self.n0 + self.n))
 
     def rows(self, xs: Sequence[torch.Tensor], labels: Sequence[int], indices: Sequence[int]) -> list[dict]:
+        if self.mode == "predict":
+            return [self._predict_row(x, int(label), int(idx)) for x, label, idx in zip(xs, labels, indices)]
         generators = [row_generator(self.seed, int(idx), self.smooth.device) for idx in indices]
         start = time.perf_counter()
         with count_draws():
@@ -184,6 +211,17 @@ class Certifier:
             "search_time": round(result.search_time, 4), "search_draws": int(result.search_draws),
             **extra,
         }
+
+    def _predict_row(self, x: torch.Tensor, label: int, idx: int) -> dict:
+        """PREDICT (ALGORITHMS.md 1) at the sigma the method chooses; PREDICT's n draws come after the choice's."""
+        generator = row_generator(self.seed, idx, self.smooth.device)
+        start = time.perf_counter()
+        choice = self.method.choose_sigma(self.smooth, x, self.n0, self.alpha, generator)
+        search_time = time.perf_counter() - start
+        predict = self.smooth.predict(x, choice.sigma, self.n, self.alpha, generator)
+        return {"idx": idx, "label": label, "predict": predict, "correct": int(predict == label and predict != ABSTAIN),
+                "time": round(time.perf_counter() - start, 4), "sigma": choice.sigma, "guarantee": choice.guarantee,
+                "search_time": round(search_time, 4), "search_draws": int(choice.search_draws)}
 
 
 
@@ -215,9 +253,12 @@ def run(trained: TrainedRun, method: SigmaMethod, method_spec: dict, settings: C
     reports (summary.json, table.md, certified_accuracy.png, sigma_hist.png). ``method_spec`` is the method's
     config, recorded for resuming; ``make_trainer(callbacks)`` builds the Lightning Trainer (any number of
     ranks; it must pass ``use_distributed_sampler=False``). Rerunning in the same ``run_dir`` resumes after
-    the last complete row. Returns the result on the process that holds the merged file, None on the others."""
+    the last complete row. Returns the result on the process that holds the merged file, None on the others.
+    With ``settings.mode == "predict"``: PREDICT rows into ``run_dir/predict.tsv``, then summary.json and table.md
+    (``predict_reports``; no figures and no W&B run)."""
     run_dir = Path(run_dir)
-    writer = distributed.RowWriter(run_dir / "certify.tsv")
+    tsv_path = run_dir / f"{settings.mode}.tsv"  # certify.tsv | predict.tsv
+    writer = distributed.RowWriter(tsv_path)
     trainer = make_trainer([writer])
     device = trainer.strategy.root_device
     model, experts = trained.model, {}
@@ -227,7 +268,7 @@ def run(trained: TrainedRun, method: SigmaMethod, method_spec: dict, settings: C
                     autocast_dtype=settings.autocast, channels_last=settings.channels_last,
                     compile=settings.compile)
     smooth.sequential = settings.plan
-    certifier = Certifier(smooth, method, settings.n0, settings.n, settings.alpha, seed)
+    certifier = Certifier(smooth, method, settings.n0, settings.n, settings.alpha, seed, mode=settings.mode)
     method.prepare(SearchContext(source=trained.source, num_classes=trained.num_classes, device=device,
                                  trained_sigma=trained.trained_sigma, ckpt_path=str(trained.path),
                                  experts_sha256=experts or None))
@@ -239,11 +280,12 @@ def run(trained: TrainedRun, method: SigmaMethod, method_spec: dict, settings: C
     identity = {"checkpoint_sha256": trained.sha256, "dataset": trained.source_spec, "sigma_search": method_spec,
                 "seed": seed, **settings.resume_identity(), **method.resume_identity(),
                 **({"experts_sha256": experts} if experts else {})}
-    tsv_path = run_dir / "certify.tsv"
     started = time.time()
     if not distributed.certify_sharded(certifier, dataset, selected, tsv_path, identity, trainer, writer,
                                        progress=settings.progress):
         return None
+    if settings.mode == "predict":
+        return predict_reports(run_dir, tsv_path, selected, method.name, method_spec, time.time() - started, settings)
     rows = _selected_rows(analysis.read_certification(tsv_path), selected)
     frames, extra = {method.name: rows}, {"draws_fixed": settings.n0 + settings.n}
     if settings.consistency == "memory":
@@ -260,6 +302,35 @@ def run(trained: TrainedRun, method: SigmaMethod, method_spec: dict, settings: C
                                    rows["sigma"].astype(float).tolist(), config, mode=wandb.mode,
                                    project=wandb.project, group=wandb.group,
                                    name=f"certify/{method.name}/{run_dir.parent.name}/{run_dir.name}")
+    return CertificationResult(rows, summary, table, tsv_path)
+
+
+def predict_reports(run_dir: Path, tsv_path: Path, selected: Sequence[int], method_name: str, sigma_search: dict,
+                    wall_seconds: float, settings: CertifySettings) -> CertificationResult:
+    """summary.json and table.md of a PREDICT run: accuracy and abstain rate per guarantee label
+    (``analysis.summarize_predictions``), rows, seconds per input and draws (PREDICT's n plus the search's)."""
+    rows = _selected_rows(analysis.read_predictions(tsv_path), selected)
+    by_guarantee = analysis.summarize_predictions_by_guarantee(rows)
+    single = next(iter(by_guarantee.values())) if len(by_guarantee) == 1 else None
+    summary = {
+        "mode": "predict",
+        **{key: (single[key] if single else None) for key in ("accuracy", "abstain_rate", "sigma_quantiles")},
+        "rows": int(len(rows)),
+        "guarantee": {label: int(s["rows"]) for label, s in by_guarantee.items()},
+        "sigma_search": sigma_search,
+        "n": settings.n,
+        "alpha": settings.alpha,
+        "seconds": round(float(rows["time"].sum()), 3),
+        "seconds_per_input": round(float(rows["time"].mean()), 4) if len(rows) else None,
+        "wall_seconds_this_run": round(wall_seconds, 3),
+        "draws_mean": round(float((settings.n + rows["search_draws"]).mean()), 1) if len(rows) else None,
+        "by_guarantee": by_guarantee,
+    }
+    table = analysis.prediction_table({method_name: by_guarantee})
+    write_json_atomic(run_dir / "summary.json", summary)
+    write_atomic(run_dir / "table.md", table)
+    print(table)
+    print(f"wrote {tsv_path.name}, summary.json, table.md in {run_dir}")
     return CertificationResult(rows, summary, table, tsv_path)
 
 

@@ -42,6 +42,9 @@ def write_json_atomic(path: str | Path, payload) -> None:
 
 CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time",
                    "sigma", "pA_lower", "guarantee", "search_time", "search_draws")
+PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "sigma", "guarantee", "search_time", "search_draws")
+"""predict.tsv (``certify.mode=predict``): Cohen et al.'s predict columns first, then the sigma and guarantee label
+of each row and the search's share of it, as in certify.tsv."""
 
 
 def format_value(value) -> str:

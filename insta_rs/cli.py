@@ -303,8 +303,9 @@ def register_configs() -> None:
 def register_train_configs() -> None:
     """The schemas of the ``train`` and ``train/loss`` groups (``train/base_<schedule>``,
     ``train/loss/base_<loss>``): each settings dataclass plus a ``_target_`` that builds it, so the YAML files
-    of those groups list only what differs and ``instantiate`` builds the settings with their loss; and the
-    ``project_root`` resolver of conf/paths."""
+    of those groups list only what differs and ``instantiate`` builds the settings with their loss; the schema
+    of the ``objective`` group (``objective/base``: ``training.ObjectiveSettings``, what train.py returns); and
+    the ``project_root`` resolver of conf/paths."""
     import dataclasses
 
     from hydra.core.config_store import ConfigStore
@@ -320,6 +321,7 @@ def register_train_configs() -> None:
             target = dataclasses.field(default=f"{cls.__module__}.{cls.__qualname__}")
             node = dataclasses.make_dataclass(f"{cls.__name__}Config", [("_target_", str, target)], bases=(cls,))
             ConfigStore.instance().store(group=group, name=f"base_{name}", node=node)
+    ConfigStore.instance().store(group="objective", name="base", node=training.ObjectiveSettings)
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", project_root)
 
@@ -331,14 +333,19 @@ def project_root(relative: str = ".") -> str:
 
 
 def settings(cls, node, group: str):
-    """The dataclass ``cls`` built from a config node (checked by its ``__post_init__``)."""
+    """The dataclass ``cls`` built from a config node (checked by its ``__post_init__``); its ``warnings()``,
+    if it has them (settings that work but are likely a mistake), are printed on stderr with their full keys."""
     from omegaconf import OmegaConf
 
     values = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
     try:
-        return cls.from_dict(values) if hasattr(cls, "from_dict") else cls(**values)
+        built = cls.from_dict(values) if hasattr(cls, "from_dict") else cls(**values)
     except InstaRSError as error:
         raise with_group(error, values, group) from error
+    if os.environ.get("LOCAL_RANK") in (None, "0"):  # once, not again on DDP child ranks
+        for note in getattr(built, "warnings", lambda: [])():
+            print(f"warning: {qualified(note, values, group)}", file=sys.stderr)
+    return built
 
 
 def resolved(node) -> dict | None:

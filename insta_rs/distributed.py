@@ -17,6 +17,7 @@ How a run goes (``certify_sharded``):
    ``shards/rank{r}.tsv`` on several. A rank that dies loses at most the rows it had not written.
 4. After all ranks finish (a barrier), rank 0 merges ``certify.tsv`` and any shards (``merge_shards``).
 
+PREDICT runs (``certify.mode=predict``) go the same way with ``predict.tsv`` in place of ``certify.tsv``.
 The library does not import Hydra: the entry point builds the trainer from ``conf/trainer``.
 """
 
@@ -142,11 +143,12 @@ class RowWriter(BasePredictionWriter):
 
 class Progress:
     """A tqdm bar on rank 0: inputs done (resumed rows included), the running certified accuracy at radius 0
-    over every row so far, and the ETA. ``resumed`` is the number of rows done before and ``resumed_correct``
-    how many of them were correct."""
+    over every row so far (``metric``: its name; PREDICT's rows: plain accuracy), and the ETA. ``resumed`` is
+    the number of rows done before and ``resumed_correct`` how many of them were correct."""
 
-    def __init__(self, total: int, resumed: int, resumed_correct: int, label: str = "certify"):
-        self.total, self.rows, self.correct, self.label = total, resumed, resumed_correct, label
+    def __init__(self, total: int, resumed: int, resumed_correct: int, label: str = "certify",
+                 metric: str = "cert_acc_r0"):
+        self.total, self.rows, self.correct, self.label, self.metric = total, resumed, resumed_correct, label, metric
         self.bar = None
 
     def advance(self, row: dict) -> None:
@@ -157,7 +159,7 @@ class Progress:
         self.rows += 1
         self.correct += int(row["correct"])
         self.bar.update(1)
-        self.bar.set_postfix(cert_acc_r0=f"{self.correct / self.rows:.3f}")
+        self.bar.set_postfix({self.metric: f"{self.correct / self.rows:.3f}"})
 
     def close(self) -> None:
         if self.bar is not None:
@@ -185,7 +187,7 @@ def certify_sharded(certifier, dataset, selected: Sequence[int], tsv_path: str |
         writer.progress = _progress(tsv_path, columns, resumed, todo)
         if trainer.world_size > 1:
             writer.progress.total = writer.progress.rows + len(range(0, len(todo), trainer.world_size))
-            writer.progress.label = "certify (rank 0's share)"
+            writer.progress.label = f"{writer.progress.label} (rank 0's share)"
     # the trainer runs even when nothing is left, so that only global rank 0 merges (ranks started by SLURM
     # or torchrun all reach this point); a rank without inputs skips the predict loop
     trainer.predict(CertificationModule(certifier), dataloaders=certification_loader(
@@ -205,4 +207,5 @@ def _progress(tsv_path: Path, columns, resumed: set[int], todo: list[int]) -> Pr
         for idx, line in complete_rows(path, columns).items():
             if idx in resumed:
                 correct.setdefault(idx, line.split("\t")[correct_at] == "1")
-    return Progress(len(todo) + len(resumed), len(resumed), sum(correct.values()))
+    return Progress(len(todo) + len(resumed), len(resumed), sum(correct.values()), label=tsv_path.stem,
+                    metric="cert_acc_r0" if "radius" in columns else "acc")

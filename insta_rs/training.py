@@ -12,7 +12,9 @@ The ``train`` config group picks a sigma schedule by its settings class, and ``t
 ``SmoothingClassifier`` is one LightningModule whose phase is a pure function of the epoch
 (``phase_at``), so a run resumed from a checkpoint lands in the right stage. Checkpoints carry the table and
 the RNG states. Each DDP rank draws its own noise (``on_train_start``); the distributed sampler's shuffle
-keeps one seed shared by all ranks. ``fit`` runs a module as train.py does (resume check, config, metrics).
+keeps one seed shared by all ranks. ``fit`` runs a module as train.py does (resume check, config, metrics);
+``training_objective`` is what train.py then returns to a sweeper (``ObjectiveSettings``: the last validation
+accuracy under noise, or certified accuracy at one radius on the validation split).
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from .certification_file import first_difference, write_atomic
 from .checkpoints import read_checkpoint
 from .errors import CheckpointError, ConfigError, check
 from .losses import GaussianAugmentation
+from .certificates import clopper_pearson_lower, cohen_radius
 from .sigma_table import SigmaTable, SigmaTableMonitor
+from .smoothing import Smooth, check_certify_settings, noise_sigma, row_generator
 
 LR_SCHEDULES = ("step", "cosine", "constant")
 
@@ -358,6 +362,104 @@ def _announce(trainer: pl.Trainer, run_dir: Path, metric) -> None:
     elif metric is not None:
         print(f"last val/acc_noisy {float(metric):.4f}")
     print(f"certify with: python certify.py ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+
+
+OBJECTIVES = ("val/acc_noisy", "val/certified_accuracy")
+
+
+@dataclass
+class ObjectiveSettings:
+    """``objective``: the number train.py returns, which a Hydra sweeper optimises (conf/hparams_search); every
+    default of the group lives here.
+
+    metric: ``val/acc_noisy`` (what ``fit`` returns: the last validation accuracy under noise) or
+    ``val/certified_accuracy``: after training, the fraction of validation inputs that CERTIFY (ALGORITHMS.md 1)
+    at ``sigma`` classifies correctly with a radius >= ``radius`` (certified accuracy, ALGORITHMS.md 5), with n0
+    selection and n estimation draws per input and failure probability alpha. At one radius, not ACR: ACR
+    rewards a few inputs with large radii. Few draws bound the radius: none beyond
+    sigma * PhiInv(alpha^(1/n)) can be certified (``warnings``), so the estimate is a lower one for model
+    selection, not the final certificate (n = 100,000). sigma: the level to certify at (conf/objective sets it
+    to train.sigma, which is sigma0 for train=insta_rs); a model trained across a list of sigmas needs one
+    named. max_inputs: certify at most this many validation inputs, evenly spaced (None: all). batch_size:
+    noisy images per forward pass. Input i's noise comes from (the run's seed, i), as in certify.py.
+    """
+
+    metric: str = "val/acc_noisy"
+    radius: float = 0.25
+    sigma: Any = None
+    n0: int = 64
+    n: int = 1000
+    alpha: float = 0.001
+    max_inputs: int | None = 500
+    batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        check(self.metric in OBJECTIVES, "metric", self.metric, f"one of {', '.join(OBJECTIVES)}")
+        if self.metric != "val/certified_accuracy":
+            return
+        check(isinstance(self.sigma, (int, float)) and not isinstance(self.sigma, bool), "sigma", self.sigma,
+              "one noise level to certify at (the model was trained across several: name one of them)")
+        check_certify_settings(self.sigma, self.n0, self.n, self.alpha)
+        check(isinstance(self.radius, (int, float)) and 0 <= self.radius < math.inf, "radius", self.radius,
+              "a finite number >= 0 (pixel units)")
+        check(self.max_inputs is None or _is_int(self.max_inputs) and self.max_inputs >= 1, "max_inputs",
+              self.max_inputs, "an integer >= 1 or null (all validation inputs)")
+        check(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+
+    def warnings(self) -> list[str]:
+        """Settings that work but are likely a mistake (the entry point prints them): a radius that n draws
+        cannot certify at sigma, so that every input counts as not certified."""
+        if self.metric != "val/certified_accuracy":
+            return []
+        reach = cohen_radius(noise_sigma(self.sigma), clopper_pearson_lower(self.n, self.n, self.alpha))
+        if self.radius <= reach:
+            return []
+        return [f"radius={self.radius} is beyond the largest radius that n={self.n} draws can certify at "
+                f"sigma={self.sigma} with alpha={self.alpha} ({reach:.3f}): every input counts as not certified; "
+                f"raise n or lower radius"]
+
+
+def training_objective(settings: ObjectiveSettings, module: SmoothingClassifier, val_metric: float | None, dataset,
+                       accelerator: str | None = None) -> float | None:
+    """What train.py returns: ``val_metric`` (``fit``'s val/acc_noisy), or for ``val/certified_accuracy`` the
+    ``certified_accuracy_at`` of the trained model on ``dataset`` (the validation split), on this rank's GPU
+    when ``accelerator`` names one (gpu, cuda or auto) and one is there, else on the CPU."""
+    if settings.metric == "val/acc_noisy":
+        return val_metric
+    on_gpu = str(accelerator) in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if on_gpu else torch.device("cpu")
+    value = certified_accuracy_at(module.model, module.num_classes, dataset, settings, module.seed or 0, device)
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        shown = len(range(0, len(dataset), _every(len(dataset), settings.max_inputs)))
+        print(f"{settings.metric} at radius {settings.radius}: {value:.4f} (CERTIFY at sigma {settings.sigma}, "
+              f"n0 {settings.n0}, n {settings.n}, alpha {settings.alpha}, {shown} validation inputs)", flush=True)
+    return value
+
+
+def certified_accuracy_at(model: nn.Module, num_classes: int, dataset, settings: ObjectiveSettings, seed: int = 0,
+                          device: torch.device | str = "cpu") -> float:
+    """Certified accuracy at ``settings.radius`` (ALGORITHMS.md 5) of the smoothed ``model`` at ``settings.sigma``:
+    ``Smooth.certify_batch`` (CERTIFY, ALGORITHMS.md 1: n0, n, alpha) on every k-th item (x, y, idx) of
+    ``dataset`` (k = ceil(len / max_inputs)), the noise of item i from ``row_generator(seed, i)``; an input
+    counts when its prediction is y and its radius >= the radius (an abstention counts as wrong)."""
+    from .analysis import certified_accuracy
+
+    smooth = Smooth(model.to(device), num_classes, batch_size=settings.batch_size, device=device)
+    radii, correct = [], []
+    picked = list(range(0, len(dataset), _every(len(dataset), settings.max_inputs)))
+    for start in range(0, len(picked), 64):  # 64 inputs share forward passes; a row's draws are its own
+        items = [dataset[i] for i in picked[start:start + 64]]
+        certificates = smooth.certify_batch(torch.stack([x for x, _, _ in items]), settings.sigma, settings.n0,
+                                            settings.n, settings.alpha,
+                                            [row_generator(seed, idx, device) for _, _, idx in items])
+        radii += [c.radius for c in certificates]
+        correct += [int(c.predict == y) for c, (_, y, _) in zip(certificates, items)]
+    return certified_accuracy(radii, correct, [settings.radius])[float(settings.radius)]
+
+
+def _every(size: int, at_most: int | None) -> int:
+    """The step k that picks at most ``at_most`` of ``size`` items evenly (every k-th); 1 for None."""
+    return 1 if at_most is None else max(1, math.ceil(size / at_most))
 
 
 def keep_csv_metrics(loggers) -> None:

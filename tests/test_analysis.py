@@ -387,7 +387,7 @@ def test_cli_dataset_grid(tmp_path, capsys):
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     cohen, _ = make_runs(tmp_path)
-    bad = write(tmp_path / "bad.tsv", "idx\tlabel\tpredict\tcorrect\n0\t1\t1\t1\n")
+    bad = write(tmp_path / "bad.tsv", "idx\tlabel\tpredict\ttime\n0\t1\t1\t1.0\n")  # neither kind of file
     assert main([str(cohen), str(bad)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing column 'radius'" in err and "bad.tsv" in err

@@ -93,3 +93,15 @@ def test_a_bracketed_sigma_list_under_multirun_warns_that_it_is_one_job(capsys, 
     warn_lists_under_multirun(["train.sigma=[0.12,0.25]"])  # no -m: a list is what the user meant
     warn_lists_under_multirun(["-m", "train.sigma=0.12,0.25"])  # a real sweep
     assert capsys.readouterr().err == ""
+
+
+def test_n0_above_n_is_a_warning_with_full_keys(capsys):
+    from insta_rs import cli
+    from insta_rs.certification import CertifySettings
+
+    built = cli.settings(CertifySettings, {"n0": 5000, "n": 1000}, "certify")
+    assert (built.n0, built.n) == (5000, 1000)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: certify.n0=5000 is more than certify.n=1000")
+    cli.settings(CertifySettings, {"n0": 100, "n": 1000}, "certify")
+    assert capsys.readouterr().err == ""

@@ -5,15 +5,24 @@ the guarantee the radius carries (ALGORITHMS.md section 3: ``sound``, ``instance
 Before the first row, ``insta_rs.certification.run`` calls ``prepare(context)`` once, giving the method what it may
 need beyond the input (the training data, the device, the trained run's config).
 ``FixedSigma`` is Cohen et al.'s single global sigma (ALGORITHMS.md section 1).
+
+For PREDICT (``certify.mode=predict``) a method only chooses sigma (``choose_sigma``); Cohen's PREDICT then
+runs at that sigma with the generator's later, fresh draws, so its answer is g_sigma(x) or ABSTAIN, wrong with
+probability at most alpha, whatever the choice saw. The label says which classifier that answer is of:
+``sound`` when sigma is a function of x alone (fixed, semi_elastic): the instance-wise classifier
+x -> g_{sigma(x)}(x) itself (a PREDICT claims nothing about neighbours, so semi_elastic's r plays no part);
+``instance`` when sigma was chosen from noise draws (insta_rs, best_level, grid, cascade, selector): the
+fixed-sigma classifier g_sigma at the chosen sigma, as the Insta-RS certificates are (ALGORITHMS.md 2).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from ..errors import ConfigError
 from ..smoothing import Smooth, check_certify_settings
 
 
@@ -31,6 +40,15 @@ class RowResult:
     search_time: float = 0.0
     search_draws: int = 0
     extra: dict = field(default_factory=dict)
+
+
+class SigmaChoice(NamedTuple):
+    """The sigma a method picks for PREDICT at one input, the label its PREDICT rows carry (module docstring),
+    and the noise draws spent choosing it."""
+
+    sigma: float
+    guarantee: str
+    search_draws: int = 0
 
 
 @dataclass
@@ -80,6 +98,13 @@ class SigmaMethod:
         ``certify(smooth, xs[i], n0, n, alpha, generators[i])``. Default: one after the other."""
         return [self.certify(smooth, x, n0, n, alpha, g) for x, g in zip(xs, generators)]
 
+    def choose_sigma(self, smooth: Smooth, x: torch.Tensor, n0: int, alpha: float,
+                     generator: torch.Generator) -> SigmaChoice:
+        """The sigma PREDICT runs at for input x, chosen as this method chooses it for CERTIFY, with draws from
+        ``generator`` (n0: the draws a rule over levels may spend per level). Default: not supported."""
+        raise ConfigError(f"sigma_search={self.name} cannot choose a sigma for certify.mode=predict: use "
+                          "sigma_search=fixed or insta_rs")
+
 
 class FixedSigma(SigmaMethod):
     """One sigma for every input: CERTIFY of ALGORITHMS.md 1. Guarantee ``sound``."""
@@ -101,6 +126,11 @@ class FixedSigma(SigmaMethod):
                 generator: torch.Generator) -> RowResult:
         cert = smooth.certify(x, self.sigma, n0, n, alpha, generator)
         return RowResult(cert.predict, cert.radius, self.sigma, cert.p_lower, self.guarantee)
+
+    def choose_sigma(self, smooth: Smooth, x: torch.Tensor, n0: int, alpha: float,
+                     generator: torch.Generator) -> SigmaChoice:
+        """The one sigma: PREDICT of ALGORITHMS.md 1, guarantee ``sound``."""
+        return SigmaChoice(self.sigma, "sound")
 
     def certify_many(self, smooth: Smooth, xs: list[torch.Tensor], n0: int, n: int, alpha: float,
                      generators: list[torch.Generator]) -> list[RowResult]:

@@ -7,22 +7,30 @@ answers with the level of largest radius. This is the finite-grid form of the In
 this input, not of the instance-wise classifier (picking the largest of K radii after seeing them is not
 covered by alpha; SOUND.md 3a's grid rule is the sound version). Because each level's draws equal those
 of a fixed-sigma run at that level with the same seed, with one expert per level (``experts``) the row is
-exactly the best of the experts' fixed-sigma rows: the per-input best level, which is at or above the
-fixed-sigma envelope at every radius.
+exactly the experts' fixed-sigma row of largest radius. It ranks levels by radius, not by correctness (the
+label is unknown at test time), so it is not an oracle: at small radii it can fall below the fixed-sigma
+envelope, when a large-sigma level certifies a wrong class with a larger radius than a small-sigma level that
+was right.
 
 Row columns: ``sigma`` the answering level (the largest level when every level abstains), ``pA_lower`` its
 lower bound, extra ``level`` (index in the descending level list, -1 when every level abstains).
 ``search_draws`` = (K - 1)(n0 + n), the draws beyond one fixed-sigma CERTIFY (sequential: the draws the
 other levels used).
+
+PREDICT (``choose_sigma``): the level of largest radius that Cohen's CERTIFY would give on n0 draws per level
+(the smallest level when none would answer); Cohen's PREDICT then runs there with fresh draws. Guarantee
+``instance``, as for the certificates.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..certificates import ABSTAIN
-from ..smoothing import Smooth, charge_draws
-from .base import RowResult, SigmaMethod
+from ..certificates.estimates import estimated_certified_radius
+from ..smoothing import Smooth, charge_draws, noise_sigma
+from .base import RowResult, SigmaChoice, SigmaMethod
 from .finite_set import check_levels
 
 
@@ -55,6 +63,15 @@ class BestLevelSearch(SigmaMethod):
     def certify(self, smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: float,
                 generator: torch.Generator) -> RowResult:
         return self.certify_many(smooth, [x], n0, n, alpha, [generator])[0]
+
+    def choose_sigma(self, smooth: Smooth, x: torch.Tensor, n0: int, alpha: float,
+                     generator: torch.Generator) -> SigmaChoice:
+        """The level of largest CERTIFY radius on n0 draws per level (module docstring), guarantee ``instance``."""
+        rows = x.unsqueeze(0).expand(len(self.levels), *x.shape)
+        top = smooth.sample_counts(rows, torch.tensor(self.levels, dtype=torch.float32), n0, generator).max(dim=1).values
+        radii = estimated_certified_radius([noise_sigma(s) for s in self.levels], top.cpu().numpy(), n0, alpha)
+        best = int(np.argmax(radii)) if np.isfinite(radii).any() else len(self.levels) - 1  # largest first
+        return SigmaChoice(self.levels[best], self.guarantee, len(self.levels) * n0)
 
     def certify_many(self, smooth: Smooth, xs: list[torch.Tensor], n0: int, n: int, alpha: float,
                      generators: list[torch.Generator]) -> list[RowResult]:

@@ -22,6 +22,11 @@ Row columns: ``sigma`` is the answering level's sigma (the largest level when no
 confident at level k; ``none``: no confident level). ``search_draws`` = (K - 1) (n0 + n): the draws beyond
 one fixed-sigma CERTIFY. ``search_time`` is 0: all levels share the same forward passes, so the row's
 ``time`` holds the whole cost.
+
+PREDICT (``choose_sigma``): the rule picks its level from n0 draws per level (those draws serve as both the
+candidates and the counts, which only a choice may do), the smallest level when none is confident; Cohen's
+PREDICT then runs at that level with fresh draws. Its answer is that of g_sigma at the chosen level, not of
+the rule's instance-wise classifier (whose answer needs every level's bounds): guarantee ``instance``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from ..certificates import ABSTAIN
 from ..certificates.finite_set import LevelCertificate, best_level_radius, cascade_radius, cp_upper, level_bounds
 from ..errors import check
 from ..smoothing import Smooth, check_certify_settings, noise_sigma
-from .base import RowResult, SigmaMethod
+from .base import RowResult, SigmaChoice, SigmaMethod
 
 
 def check_levels(levels) -> list[float]:
@@ -126,6 +131,17 @@ class _FiniteLevels(SigmaMethod):
         return RowResult(cert.predict, radius, self.levels[level], float(p_lower[level]), self.guarantee,
                          search_time=0.0, search_draws=(len(self.levels) - 1) * per_level,
                          extra={"level": cert.level, "limited_by": cert.label})
+
+    def choose_sigma(self, smooth: Smooth, x: torch.Tensor, n0: int, alpha: float,
+                     generator: torch.Generator) -> SigmaChoice:
+        """The rule's level from n0 draws per level (module docstring), guarantee ``instance``."""
+        rows = x.unsqueeze(0).expand(len(self.levels), *x.shape)
+        counts = smooth.sample_counts(rows, torch.tensor(self.levels, dtype=torch.float32), n0, generator).cpu().numpy()
+        candidates = counts.argmax(axis=1)
+        p_lower, p_upper = level_bounds(candidates, counts, n0, alpha)
+        level = self.rule([noise_sigma(sigma) for sigma in self.levels], candidates, p_lower, p_upper).level
+        smallest = len(self.levels) - 1  # levels are sorted largest first
+        return SigmaChoice(self.levels[level if level >= 0 else smallest], "instance", len(self.levels) * n0)
 
     def certify(self, smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: float,
                 generator: torch.Generator) -> RowResult:

@@ -52,7 +52,7 @@ import torch
 from ..certificates.estimates import estimated_certified_radius
 from ..errors import check
 from ..smoothing import Smooth
-from .base import RowResult, SigmaMethod
+from .base import RowResult, SigmaChoice, SigmaMethod
 
 _KEY_DECIMALS = 12
 
@@ -200,3 +200,9 @@ class InstaRSSearch(SigmaMethod):
         cert = smooth.certify(x, outcome.sigma, n0, n, alpha, generator)
         return RowResult(cert.predict, cert.radius, outcome.sigma, cert.p_lower, self.guarantee,
                          search_time=search_time, search_draws=outcome.draws)
+
+    def choose_sigma(self, smooth: Smooth, x: torch.Tensor, n0: int, alpha: float,
+                     generator: torch.Generator) -> SigmaChoice:
+        """sigma* of the search, for PREDICT with the generator's later draws: guarantee ``instance``."""
+        outcome = self.search(smooth, x, generator)
+        return SigmaChoice(outcome.sigma, self.guarantee, outcome.draws)

@@ -26,6 +26,10 @@ candidate level when the selector abstains), ``radius_selector``, ``radius_class
 ``pA_lower_selector`` and ``limited_by`` (selector | classifier). The ``sigma`` column is the chosen level,
 ``pA_lower`` the classifier's bound, ``search_draws`` / ``search_time`` the selector's draws and seconds.
 Radii use the sigma the noise was scaled by (float32), so a rounded sigma never enlarges a radius.
+
+PREDICT (``choose_sigma``): the level the smoothed selector's n0_sel draws pick (step 1's candidate); Cohen's
+PREDICT then runs at that level with fresh draws. Its answer is g_s's at the picked level, not G's (a PREDICT
+of G would also have to test the selector's choice and split alpha): guarantee ``instance``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from ..certificates import ABSTAIN, floor_to
 from ..checkpoints import file_digest, load_selector
 from ..errors import CheckpointError, DataError, check
 from ..smoothing import Smooth, check_certify_settings
-from .base import RowResult, SearchContext, SigmaMethod
+from .base import RowResult, SearchContext, SigmaChoice, SigmaMethod
 
 
 def check_levels(levels, setting: str = "levels") -> tuple[float, ...]:
@@ -135,6 +139,13 @@ class SelectorSigma(SigmaMethod):
             self._smooth = Smooth(self.model.to(like.device), len(self.levels), batch_size=like.batch_size,
                                   device=like.device)
         return self._smooth
+
+    def choose_sigma(self, smooth: Smooth, x: torch.Tensor, n0: int, alpha: float,
+                     generator: torch.Generator) -> SigmaChoice:
+        """The selector's candidate level from its n0_sel draws (module docstring), guarantee ``instance``."""
+        draws = self.selector_n0 or n0
+        level = int(self.selector_smooth(smooth).sample_counts(x, self.sigma, draws, generator).argmax())
+        return SigmaChoice(self.levels[level], "instance", draws)
 
     def certify(self, smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: float,
                 generator: torch.Generator) -> RowResult:

@@ -30,7 +30,7 @@ from ..certificates import ABSTAIN, floor_to
 from ..certificates.semi_elastic import semi_elastic_radius
 from ..errors import ConfigError, DataError, check
 from ..smoothing import Smooth
-from .base import RowResult, SearchContext, SigmaMethod
+from .base import RowResult, SearchContext, SigmaChoice, SigmaMethod
 
 SIGMA_LOG_SLACK = 1e-6
 """Extra log-sigma spread the radius covers when r > 0: the noise is scaled in float32, so the sigma
@@ -165,13 +165,22 @@ class SemiElasticSigma(SigmaMethod):
 
     # -- certification --------------------------------------------------------------------------------
 
+    def choose_sigma(self, smooth: Smooth, x: torch.Tensor, n0: int, alpha: float,
+                     generator: torch.Generator) -> SigmaChoice:
+        """sigma(x), a function of x alone (no draws): PREDICT there answers for the instance-wise classifier
+        x -> g_{sigma(x)}(x), guarantee ``sound`` (for any r: a PREDICT claims nothing about neighbours)."""
+        return SigmaChoice(self._sigma0(x), "sound")
+
+    def _sigma0(self, x: torch.Tensor) -> float:
+        if x.numel() != self.dim:
+            raise DataError(f"an input of {x.numel()} values does not match the training inputs' dimension {self.dim}")
+        return float(self.sigma_of(x.unsqueeze(0))[0])
+
     def certify(self, smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: float,
                 generator: torch.Generator) -> RowResult:
         """CERTIFY at sigma0 = sigma(x), radius of SOUND.md 3c under the declared r (guarantee ``sound``)."""
-        if x.numel() != self.dim:
-            raise DataError(f"an input of {x.numel()} values does not match the training inputs' dimension {self.dim}")
         start = time.time()
-        sigma0 = float(self.sigma_of(x.unsqueeze(0))[0])
+        sigma0 = self._sigma0(x)
         choose_time = time.time() - start
         cert = smooth.certify(x, sigma0, n0, n, alpha, generator)
         if cert.predict == ABSTAIN:
