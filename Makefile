@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-quick results-digits results-cifar-jpg results-cifar-jpg-train results-cifar-jpg-certify results-digits-experts-train results-digits-experts-val results-digits-experts bench-sequential bench-throughput clean
+.PHONY: install demo test test-quick results-digits results-cifar-jpg results-cifar-jpg-train results-cifar-jpg-certify results-cifar-jpg-levers-val results-cifar-jpg-levers results-digits-experts-train results-digits-experts-val results-digits-experts bench-sequential bench-throughput clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -94,6 +94,20 @@ results-cifar-jpg-certify: install
 	$(PY) certify.py $(CERTC) ckpt_path=$(INSTA) sigma_search=insta_rs sigma_search.m=64 hydra.run.dir=$(RC)/certify/insta_rs_train/insta_rs
 	$(PY) certify.py -m $(CERTC) ckpt_path=$(ACROSS) sigma_search=grid,cascade '++sigma_search.levels=$(LEVELS)' hydra.sweep.dir=$(RC)/certify/across_sigmas/sound
 	$(PY) -m insta_rs.compare $(RC)/certify --dataset cifar10 --envelope --out $(RC)
+
+# Levers of the sound finite-set rules with the CIFAR experts (issue 15): grid and cascade with p0 in {0.5, 0.7,
+# 0.9} and the levels {0.12, 0.25, 0.5, 1.0} or without 1.0, chosen on the validation split (every 10th of its
+# 1,000 images, n = 1,000), then the choice on results-cifar-jpg's test inputs.
+CERTCV := certify.split=val certify.n0=100 certify.n=$(CIFAR_N) certify.skip=10 certify.progress=false logger=none
+CIFAR_RULE ?= cascade
+CIFAR_P0 ?= 0.5
+CIFAR_RULE_LEVELS ?= $(LEVELS)
+results-cifar-jpg-levers-val: install
+	$(PY) certify.py -m $(CERTCV) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=grid,cascade sigma_search.p0=0.5,0.7,0.9 '++sigma_search.levels=$(LEVELS),[0.12,0.25,0.5]' $(EXPERTS) hydra.sweep.dir=$(RC)/levers/val
+	$(PY) -m insta_rs.compare $(RC)/levers/val --dataset cifar10 --out $(RC)/levers/val
+
+results-cifar-jpg-levers: install
+	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=$(CIFAR_RULE) sigma_search.p0=$(CIFAR_P0) '++sigma_search.levels=$(CIFAR_RULE_LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/certify/experts/chosen
 
 # Sound instance-wise rules with one expert per level on digits (issue 15): four Gaussian experts (sigma 0.12,
 # 0.25, 0.5, 1.0; 30 epochs each), the levers chosen on the validation split (all 180 val inputs, n = 2,000),
