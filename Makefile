@@ -123,7 +123,7 @@ DTEST := certify=demo certify.n=2000 certify.skip=2 certify.progress=false logge
 # chosen on the validation split by results-digits-experts-val: this session ran its first four jobs (grid with
 # p0 0.5 and 0.6) before it had to stop, so only grid's p0 is a validation choice (README)
 GRID_P0 ?= 0.6
-GRID_LEVELS ?= [1.0,0.5,0.25,0.12]
+GRID_LEVELS ?= [0.5,0.25,0.12]
 SELECTOR_RUN ?= 0   # job of the selector sweep: 0, 1, 2 = selector.sigma 0.25, 0.5, 1.0
 results-digits-experts-train: install
 	$(PY) train.py -m experiment=digits_results train.sigma=0.12,0.25,0.5,1.0 hydra.sweep.dir=$(DX)
