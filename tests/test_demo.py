@@ -16,9 +16,12 @@ TINY = {"train.py": ["debug=fast"], "certify.py": ["certify.n0=16", "certify.n=1
 
 
 def demo_commands(out) -> list[list[str]]:
-    text = subprocess.run(["make", "-n", "demo", f"PY={sys.executable}", f"DEMO={out}", "STAMP="], cwd=ROOT,
-                          capture_output=True, text=True, check=True).stdout
+    # under `make test` the outer make's flags would reach this one (e.g. "Entering directory" lines): drop them
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    text = subprocess.run(["make", "--no-print-directory", "-n", "demo", f"PY={sys.executable}", f"DEMO={out}",
+                           "STAMP="], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
     commands = [shlex.split(line) for line in text.splitlines() if line.strip()]
+    assert all(command[0] in (sys.executable, "rm") for command in commands), text
     return [command + TINY.get(os.path.basename(command[1]) if len(command) > 1 else "", [])
             for command in commands]
 
