@@ -142,6 +142,10 @@ def read_run_settings(run_dir: Path) -> tuple[dict[str, Any] | None, set[str], l
     else:
         settings.update(flatten(_load_yaml(train_dir / "config.yaml") or {}))
         derived |= _interpolated(flatten(_load_yaml(train_dir / ".hydra" / "config.yaml") or {}))
+    experts = (certify_cfg.get("sigma_search") or {}).get("experts")
+    if isinstance(experts, dict):  # label by the experts' levels, not by their checkpoint paths
+        certify_cfg = {**certify_cfg, "sigma_search": {**certify_cfg["sigma_search"],
+                                                       "experts": "levels " + ",".join(f"{float(k):g}" for k in experts)}}
     for key, value in flatten(certify_cfg).items():
         name = key if key.split(".")[0] in CERTIFICATION_GROUPS else CERTIFY_PREFIX + key
         settings[name] = value

@@ -150,3 +150,14 @@ def test_selector_with_experts_trains_certifies_and_is_pinned_to_its_experts(tmp
         result = run_script("certify.py", *CERTIFY, *with_experts, *overrides,
                             f"hydra.run.dir={tmp_path / 'refused'}", check=False)
         assert result.returncode == 1 and "experts" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_compare_labels_expert_runs_by_their_levels_not_their_paths(tmp_path, experts):
+    from insta_rs.compare import compare
+
+    for name, overrides in (("plain", []), ("experts", [experts_override(experts)])):
+        run_script("certify.py", *CERTIFY, "sigma_search=grid", "sigma_search.levels=[0.5,0.25]", *overrides,
+                   f"hydra.run.dir={tmp_path / name}")
+    labels = list(compare([tmp_path / "plain", tmp_path / "experts"]).table["run"])
+    assert any("sigma_search.experts=levels 0.25,0.5" in label for label in labels)
+    assert not any("ckpt" in label for label in labels)
