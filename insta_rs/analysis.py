@@ -571,6 +571,37 @@ def fixed_sigma_envelope(runs: Sequence[tuple[str, pd.DataFrame]], radii: Sequen
     return record, sources
 
 
+HEADROOM_LABEL = "headroom: per-input best fixed sigma (uses the labels)"
+HEADROOM_GUARANTEE = "none (uses labels)"
+
+
+def per_input_best_rows(runs: Sequence[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+    """The headroom above the fixed-sigma envelope (issue 15), one row per input that every run certified
+    (columns idx, radius, correct): the largest radius among the runs that certify it correctly (radius 0
+    and correct 0 if none does). It knows the labels, so it is not a classifier and carries no guarantee:
+    it is at most what a rule that answers each input with one of these runs' certificates could reach (up
+    to Monte Carlo noise: such a rule draws afresh, and pays for its choice with alpha or radius)."""
+    if not runs:
+        raise ValueError("runs: the headroom needs at least one sound fixed-sigma run")
+    scores = [df.drop_duplicates("idx").set_index("idx").pipe(
+        lambda df: df["radius"].astype(float).where(df["correct"] == 1, -np.inf)) for _, df in runs]
+    best = pd.concat(scores, axis=1, join="inner").max(axis=1)
+    return pd.DataFrame({"idx": best.index, "radius": best.clip(lower=0.0).to_numpy(),
+                         "correct": (best > -np.inf).astype(int).to_numpy()})
+
+
+def per_input_best(runs: Sequence[tuple[str, pd.DataFrame]], radii: Sequence[float]) -> dict:
+    """``per_input_best_rows`` as a ``comparison_table`` record: run = HEADROOM_LABEL, guarantee
+    HEADROOM_GUARANTEE, rows = the inputs every run certified, acr and acc@r over them."""
+    rows = per_input_best_rows(runs)
+    acc = certified_accuracy(rows["radius"], rows["correct"], radii)
+    return {"run": HEADROOM_LABEL, "guarantee": HEADROOM_GUARANTEE, "rows": int(len(rows)),
+            "acr": average_certified_radius(rows["radius"], rows["correct"]),
+            **{f"acc@{float(r):g}": acc[float(r)] for r in radii},
+            "clean_accuracy": float(rows["correct"].mean()) if len(rows) else math.nan, "abstain_rate": None,
+            "seconds_per_input": None}
+
+
 def envelope_curve(curves: Sequence[tuple[list[float], list[float]]]) -> tuple[list[float], list[float]]:
     """The pointwise maximum of certified-accuracy curves sampled on one grid (``certified_accuracy_curve``
     with the same max_radius and points)."""

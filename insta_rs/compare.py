@@ -31,7 +31,9 @@ source and its label settings as columns) and DIR/compare.png (one curve per row
 and the curves as one W&B line plot with a series per row (offline by default, under DIR or the current
 folder). ``--envelope`` adds the fixed-sigma envelope (``analysis.fixed_sigma_envelope``): at each radius the
 best certified accuracy among the sound fixed-sigma runs given, as a row among the sound rows, a dashed curve,
-and a note naming the run each value comes from. Errors: one line on stderr, exit code 1 for data, 2 for options.
+and a note naming the run each value comes from; and the headroom above it (``analysis.per_input_best``): each
+input scored by the best of those runs' certificates, which needs the labels (guarantee "none (uses labels)", a
+row after all others and a dashed curve). Errors: one line on stderr, exit code 1 for data, 2 for options.
 """
 
 from __future__ import annotations
@@ -392,11 +394,15 @@ def compare(paths: Sequence[str | Path], radii: Sequence[float] | None = None, d
             raise DataError("--envelope: none of the runs is a sound fixed-sigma run (sigma_search=fixed, or a "
                             "Cohen-format file); add the fixed-sigma runs the envelope is taken over")
         table, note = add_envelope(table, fixed, radii)
-        notes.append(note)
-    markdown = analysis.comparison_markdown(table, radii) + (f"\n{notes[-1]}\n" if envelope else "")
+        table = pd.concat([table, pd.DataFrame([analysis.per_input_best(fixed, radii)])], ignore_index=True)
+        notes += [note, f"{analysis.HEADROOM_LABEL}: each input scored by the largest radius among the fixed-sigma "
+                        "rows that certify it correctly. It needs the labels: not a classifier and no guarantee, but "
+                        "the most a rule answering each input with one of those certificates could reach."]
+    markdown = analysis.comparison_markdown(table, radii) + ("".join(f"\n{n}\n" for n in notes[-2:]) if envelope else "")
     sources = dict(zip(labels, (str(run.tsv) for run in runs)))
     if envelope:
         sources[analysis.ENVELOPE_LABEL] = "envelope of " + ", ".join(sources[label] for label, _ in fixed)
+        sources[analysis.HEADROOM_LABEL] = "per-input best of " + ", ".join(sources[label] for label, _ in fixed)
     settings = dict(zip(labels, shown))
     table["source"] = table["run"].map(sources)
     for key in dict.fromkeys(k for pairs in shown for k in pairs):
@@ -414,6 +420,8 @@ def compare(paths: Sequence[str | Path], radii: Sequence[float] | None = None, d
     if envelope:
         curves[f"{analysis.ENVELOPE_LABEL} (sound)"] = analysis.envelope_curve(
             [analysis.certified_accuracy_curve(df, max_radius=max_radius) for _, df in fixed])
+        curves[analysis.HEADROOM_LABEL] = analysis.certified_accuracy_curve(
+            analysis.per_input_best_rows(fixed), max_radius=max_radius)
     experiments = {run.settings.get("experiment_name", run.settings.get(CERTIFY_PREFIX + "experiment_name"))
                    for run in runs if run.settings is not None}
     group = next(iter(experiments)) if len(experiments) == 1 and None not in experiments else "compare"
@@ -451,7 +459,8 @@ def write_outputs(result: Comparison, out: str | Path) -> list[Path]:
     write_atomic(out / "compare.md", result.markdown)
     write_atomic(out / "compare.csv", result.table.to_csv(index=False))
     analysis.plot_certified_accuracy(result.curves, out / "compare.png", title="Certified accuracy",
-                                     dashed=[label for label in result.curves if label.startswith(analysis.ENVELOPE_LABEL)])
+                                     dashed=[label for label in result.curves
+                                             if label.startswith((analysis.ENVELOPE_LABEL, analysis.HEADROOM_LABEL))])
     return [out / "compare.md", out / "compare.csv", out / "compare.png"]
 
 

@@ -471,7 +471,13 @@ def test_the_envelope_is_the_per_radius_maximum_of_the_sound_fixed_sigma_rows(tm
                for label in ("small", "large")}
     assert [row[f"acc@{r:g}"] for r in radii] == pytest.approx(np.max([per_run["small"], per_run["large"]], axis=0))
     # among the sound rows, before the instance row; the note names the run behind each value
-    assert list(result.table["guarantee"]) == ["sound", "sound", "sound", "instance"]
+    assert list(result.table["guarantee"]) == ["sound", "sound", "sound", "instance", analysis.HEADROOM_GUARANTEE]
+    # the headroom: per input the best correct radius of small and large: 1.2, 0.3, 0.3, none (input 3 is
+    # wrong in small and abstains in large); the instance-wise rows never enter it
+    headroom = result.table[result.table["run"] == analysis.HEADROOM_LABEL].iloc[0]
+    assert [headroom[f"acc@{r:g}"] for r in radii] == pytest.approx([0.75, 0.75, 0.25, 0.25, 0.0])
+    assert headroom["acr"] == pytest.approx((1.2 + 0.3 + 0.3) / 4) and headroom["rows"] == 4
+    assert headroom["source"] == f"per-input best of {small}, {large}"
     note = [n for n in result.notes if n.startswith(analysis.ENVELOPE_LABEL)][0]
     assert "r=0 small" in note and "r=0.5 large" in note and "searched" not in note.split("from:")[1]
     # the dashed curve is the pointwise maximum of the two fixed-sigma curves
@@ -481,5 +487,23 @@ def test_the_envelope_is_the_per_radius_maximum_of_the_sound_fixed_sigma_rows(tm
     assert row["source"] == f"envelope of {small}, {large}"
     assert main([str(small), str(large), "--envelope", "--out", str(tmp_path / "out")]) == 0
     assert "from: r=0 small" in (tmp_path / "out" / "compare.md").read_text()
+    assert analysis.HEADROOM_LABEL in (tmp_path / "out" / "compare.md").read_text()
     assert main([str(searched), "--envelope"]) == 1  # no fixed-sigma run to take it over
     assert "--envelope" in capsys.readouterr().err
+
+
+def test_the_headroom_takes_each_inputs_best_certificate_on_the_common_inputs():
+    # a: right at 0.5 on input 0, wrong on 1, right at 0.1 on 2; b: wrong on 0, right at 0.8 on 1, right at 0.4
+    # on 2, and an input (7) that a did not certify: left out. Per input: 0.5, 0.8, 0.4 -> all three correct.
+    a = pd.DataFrame({"idx": [0, 1, 2], "radius": [0.5, 0.9, 0.1], "correct": [1, 0, 1]})
+    b = pd.DataFrame({"idx": [0, 1, 2, 7], "radius": [2.0, 0.8, 0.4, 3.0], "correct": [0, 1, 1, 1]})
+    rows = analysis.per_input_best_rows([("a", a), ("b", b)])
+    assert rows["idx"].tolist() == [0, 1, 2]
+    assert rows["radius"].tolist() == pytest.approx([0.5, 0.8, 0.4]) and rows["correct"].tolist() == [1, 1, 1]
+    record = analysis.per_input_best([("a", a), ("b", b)], (0, 0.45, 0.6, 1.0))
+    assert [record[f"acc@{r:g}"] for r in (0, 0.45, 0.6, 1.0)] == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
+    # a wrong row's radius never counts, even when it is the largest
+    assert record["acr"] == pytest.approx((0.5 + 0.8 + 0.4) / 3)
+    # every run wrong on an input: that input is wrong with radius 0
+    none = analysis.per_input_best_rows([("a", a.assign(correct=0))])
+    assert none["correct"].tolist() == [0, 0, 0] and none["radius"].tolist() == [0.0, 0.0, 0.0]
