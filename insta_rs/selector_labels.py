@@ -134,18 +134,36 @@ def selector_targets(settings: SelectorSettings, table: dict, split=None, base_m
                      num_classes: int = 0, generator: torch.Generator | None = None, device=None,
                      batch_size: int = 1024) -> torch.Tensor:
     """Targets for the examples of a sigma table under ``settings.label_mode``: level indices (``nearest``)
-    or an (N, K) float tensor (``best_radius``: soft or one-hot, from the base classifier on split[idx_i]
-    with label_i, ``settings.draws`` draws per level from ``generator``)."""
+    or an (N, K) float tensor (``best_radius``: soft or one-hot, from ``selector_radii``)."""
     if settings.label_mode == "nearest":
         return nearest_level_labels(table["sigma"], settings.levels)
+    radii = selector_radii(settings, table, split, base_model, num_classes, generator, device, batch_size)
+    return radius_targets(radii, settings.soft_labels, settings.temperature)
+
+
+def selector_radii(settings: SelectorSettings, table: dict, split, base_model: nn.Module, num_classes: int,
+                   generator: torch.Generator | None = None, device=None, batch_size: int = 1024) -> torch.Tensor:
+    """Each level's estimated radius Rhat_k (N, K) for the examples of a sigma table: the base classifier on
+    split[idx_i] with label_i, ``settings.draws`` draws per level from ``generator``."""
     indices, labels = table["idx"].reshape(-1), table["label"].reshape(-1)
     counts = []
     loader = DataLoader(TableExamples(split, indices, labels), batch_size=batch_size, shuffle=False)
     for x, y, _ in loader:
         counts.append(true_label_counts(base_model, num_classes, x, y, settings.levels, settings.draws, generator,
                                         batch_size=batch_size, device=device))
-    radii = radius_estimates(torch.cat(counts), settings.draws, settings.levels, settings.eps)
-    return radius_targets(radii, settings.soft_labels, settings.temperature)
+    return radius_estimates(torch.cat(counts), settings.draws, settings.levels, settings.eps)
+
+
+def reached(radii: torch.Tensor) -> torch.Tensor:
+    """Rows (N,) whose true label some level reaches: an estimated radius > 0, i.e. phat > 1/2 there."""
+    return (radii > 0).any(dim=1)
+
+
+def level_balance_weights(targets: torch.Tensor, num_levels: int) -> torch.Tensor:
+    """Sampling weights that give every level (a target's argmax) the same total weight: 1 / (its count)."""
+    hard = targets if targets.dim() == 1 else targets.argmax(dim=1)
+    counts = torch.bincount(hard, minlength=num_levels).to(torch.float64)
+    return (1.0 / counts)[hard]
 
 
 def label_counts(targets: torch.Tensor, num_levels: int) -> list[int]:

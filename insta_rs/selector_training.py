@@ -22,10 +22,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from .checkpoints import SELECTOR_FILE, SELECTOR_FORMAT, TrainedRun, build_selector_network, save_selector
-from .errors import check, settings_from_config
+from .errors import DataError, check, settings_from_config
 from .experts import load_experts
 from .search.selector import check_levels
 from .selector_labels import (
@@ -34,7 +34,11 @@ from .selector_labels import (
     TableExamples,
     check_table_fits,
     label_counts,
+    level_balance_weights,
+    radius_targets,
+    reached,
     read_sigma_table,
+    selector_radii,
     selector_targets,
 )
 
@@ -57,6 +61,9 @@ class SelectorSettings:
         table's sigma_i rounded in log space); see ``insta_rs.selector_labels``.
     draws, soft_labels, temperature, eps: ``best_radius`` only: draws per (example, level); softmax
         targets softmax(Rhat / temperature) or one-hot argmax; the phat clamp (None: 1 / (2 * draws)).
+    drop_unreached: ``best_radius`` only: leave out the training inputs whose true label no level reaches
+        (every Rhat_k <= 0); they would teach the selector the least bad of several wrong levels.
+    balance_levels: sample training inputs so that every level (a target's argmax) weighs the same.
     epochs, lr, batch_size, momentum, weight_decay: SGD with a cosine schedule.
     width, hidden: the selector network's SmallCNN channels and hidden units.
     """
@@ -68,6 +75,8 @@ class SelectorSettings:
     soft_labels: bool = True
     temperature: float = 0.1
     eps: float | None = None
+    drop_unreached: bool = False
+    balance_levels: bool = False
     epochs: int = 10
     lr: float = 0.05
     batch_size: int = 128
@@ -94,6 +103,10 @@ class SelectorSettings:
         _check_positive(self.temperature, "temperature")
         check(self.eps is None or (isinstance(self.eps, float) and 0 < self.eps < 0.5), "eps", self.eps,
               "null (1 / (2 * draws)) or a number in (0, 0.5)")
+        for name in ("drop_unreached", "balance_levels"):
+            check(isinstance(getattr(self, name), bool), name, getattr(self, name), "true or false")
+        check(not self.drop_unreached or self.label_mode == "best_radius", "drop_unreached", self.drop_unreached,
+              "false with label_mode=nearest (only best_radius estimates each level's radius)")
         for name in ("epochs", "batch_size", "width", "hidden"):
             _check_positive(getattr(self, name), f"{name}", integer=True)
         _check_positive(self.lr, "lr")
@@ -157,10 +170,20 @@ def base_targets(base: TrainedRun, settings: SelectorSettings, seed: int, device
     network = base.model if experts is None else experts
     model = network.to(device or "cpu")
     try:
-        targets = selector_targets(settings, table, split, model, base.num_classes, generator, device)
+        if settings.label_mode == "nearest":
+            return split, table, selector_targets(settings, table)
+        radii = selector_radii(settings, table, split, model, base.num_classes, generator, device)
     finally:
         network.to("cpu")
-    return split, table, targets
+    if settings.drop_unreached:
+        keep = reached(radii)
+        if not bool(keep.any()):
+            raise DataError("no training input's label is reached at any level (every estimated radius <= 0): "
+                            "set selector.drop_unreached=false or check the base classifier")
+        table = {key: value[keep] if isinstance(value, torch.Tensor) and value.shape[:1] == keep.shape else value
+                 for key, value in table.items()}
+        radii = radii[keep]
+    return split, table, radius_targets(radii, settings.soft_labels, settings.temperature)
 
 
 def whole_split(split) -> dict:
@@ -187,7 +210,7 @@ def selector_record(base: TrainedRun, settings: SelectorSettings, seed: int, tar
         "experts_sha256": experts_sha256,
         "dataset_info": dataclasses.asdict(base.source.info),
         "network": {"name": "small_cnn", "width": int(settings.width), "hidden": int(settings.hidden)},
-        "label_counts": label_counts(targets, len(settings.levels)),
+        "label_counts": label_counts(targets, len(settings.levels)),  # over the inputs it was trained on
     }
 
 
@@ -213,7 +236,12 @@ def fit_selector(base: TrainedRun, settings: SelectorSettings, run_dir: str | Pa
     module = SelectorClassifier(network, settings.sigma, lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay, epochs=settings.epochs, meta=record)
     examples = TableExamples(split, table["idx"].reshape(-1), targets)
-    loader = DataLoader(examples, batch_size=settings.batch_size, shuffle=True, drop_last=False)
+    if settings.balance_levels:
+        weights = level_balance_weights(targets, len(settings.levels))
+        sampler = WeightedRandomSampler(weights, num_samples=len(examples), replacement=True)
+        loader = DataLoader(examples, batch_size=settings.batch_size, sampler=sampler, drop_last=False)
+    else:
+        loader = DataLoader(examples, batch_size=settings.batch_size, shuffle=True, drop_last=False)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     kwargs = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,

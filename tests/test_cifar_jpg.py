@@ -36,6 +36,7 @@ def test_cifar_jpg_subset_end_to_end_with_experts_and_envelope(tmp_path):
                                                                              rows["fixed_0.5"]["radius"])]
     result = run_script("-m insta_rs.compare", str(tmp_path / "certify"), "--dataset", "cifar10", "--envelope",
                         "--out", str(tmp_path / "compare"))
-    assert analysis.ENVELOPE_LABEL in result.stdout
+    assert analysis.ENVELOPE_LABEL in result.stdout and analysis.HEADROOM_LABEL in result.stdout
     table = pd.read_csv(tmp_path / "compare" / "compare.csv")
-    assert set(table["guarantee"]) == {"sound", "instance"} and (tmp_path / "compare" / "compare.png").is_file()
+    assert set(table["guarantee"]) == {"sound", "instance", analysis.HEADROOM_GUARANTEE}
+    assert (tmp_path / "compare" / "compare.png").is_file()

@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from scipy.stats import norm
 from torch import nn
+from torch.utils.data import WeightedRandomSampler
 
 from conftest import ROOT
 from insta_rs.checkpoints import build_selector_network, file_digest, load_run, load_selector, save_selector
@@ -24,7 +25,8 @@ from insta_rs.models import SmallCNN
 from insta_rs.search.base import SearchContext
 from insta_rs.search.selector import SelectorSigma, check_levels
 from insta_rs.selector_check import distillation_check_files
-from insta_rs.selector_labels import nearest_level_labels, selector_targets
+from insta_rs import selector_training
+from insta_rs.selector_labels import level_balance_weights, nearest_level_labels, reached, selector_radii, selector_targets
 from insta_rs.selector_training import SelectorSettings, fit_selector
 from insta_rs.smoothing import Smooth
 from insta_rs.training import SmoothingClassifier, TrainSettings
@@ -452,3 +454,53 @@ def test_certify_script_with_selector(trained_digits, tmp_path):
                         f"sigma_search.ckpt_path={tmp_path / 'missing.pt'}", "certify=fast", "certify.max=1",
                         "logger=none", f"hydra.run.dir={tmp_path / 'bad'}", check=False)
     assert result.returncode == 1 and "does not exist" in result.stderr
+
+
+def test_unreached_inputs_and_level_balance():
+    radii = torch.tensor([[0.3, -0.1], [-0.2, -0.4], [0.0, 0.0], [-1.0, 0.2]], dtype=torch.float64)
+    assert reached(radii).tolist() == [True, False, False, True]  # a radius of exactly 0 is not reached
+    targets = torch.tensor([0, 0, 0, 1])
+    weights = level_balance_weights(targets, 3)
+    assert weights.tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1.0])
+    # soft rows weigh by their argmax; each level present ends with total weight 1
+    soft = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6]])
+    assert level_balance_weights(soft, 2).tolist() == pytest.approx([1.0, 0.5, 0.5])
+    with pytest.raises(ConfigError, match="drop_unreached"):
+        SelectorSettings(label_mode="nearest", drop_unreached=True)
+    with pytest.raises(ConfigError, match="balance_levels"):
+        SelectorSettings(balance_levels="yes")
+
+
+def test_fit_selector_without_unreached_inputs_and_balanced(base_run, tmp_path, monkeypatch):
+    """With drop_unreached the selector trains on the inputs some level reaches only (its record counts
+    them); with balance_levels it draws them through a weighted sampler; the file certifies as usual."""
+    ckpt, source = base_run
+    settings = SelectorSettings(levels=[0.12, 0.25, 1.0], sigma=0.25, epochs=1, batch_size=32, draws=4, width=4,
+                                hidden=8, drop_unreached=True, balance_levels=True)
+    samplers = []
+    real_loader = selector_training.DataLoader
+
+    def spy(*args, **kwargs):
+        samplers.append(kwargs.get("sampler"))
+        return real_loader(*args, **kwargs)
+
+    monkeypatch.setattr(selector_training, "DataLoader", spy)
+    base = load_run(ckpt)
+    split, table, targets = selector_training.base_targets(base, settings, seed=0)
+    path = fit_selector(load_run(ckpt), settings, run_dir=tmp_path, seed=0)
+    _, record = load_selector(path)
+    kept = len(table["idx"])
+    assert 1 <= kept <= 96 and sum(record["label_counts"]) == kept == len(targets)
+    assert record["settings"]["drop_unreached"] is True
+    assert isinstance(samplers[-1], WeightedRandomSampler)
+    # the same seed's radii over all 96 inputs: the kept ones are exactly those some level reaches (the one-epoch
+    # base model misses many, so dropping them is visible)
+    full = selector_training.base_targets(base, dataclasses.replace(settings, drop_unreached=False), seed=0)[1]
+    radii = selector_radii(settings, full, split, base.model, 3, torch.Generator().manual_seed(0))
+    assert len(full["idx"]) == 96 and kept < 96
+    assert table["idx"].tolist() == full["idx"][reached(radii)].tolist()
+    method = SelectorSigma(ckpt_path=str(path))
+    method.prepare(SearchContext(source=source, num_classes=3, device="cpu", ckpt_path=str(ckpt)))
+    row = method.certify(Smooth(base.model, 3, batch_size=64), source.split("test")[0][0], 10, 60, 0.01,
+                         torch.Generator().manual_seed(0))
+    assert row.guarantee == "sound" and row.sigma in (0.12, 0.25, 1.0)
