@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-quick results-digits results-cifar-jpg results-cifar-jpg-train results-cifar-jpg-certify results-cifar-jpg-levers-val results-cifar-jpg-levers results-digits-experts-train results-digits-experts-val results-digits-experts bench-sequential bench-throughput clean
+.PHONY: install demo test test-quick results-digits results-cifar-jpg results-cifar-jpg-train results-cifar-jpg-certify results-cifar-jpg-levers-val results-cifar-jpg-levers results-digits-experts-train results-digits-experts-val results-digits-experts-val-finite results-digits-experts-val-selector results-digits-experts results-cifar-jpg-experts-train results-cifar-jpg-selector-val results-cifar-jpg-selector bench-sequential bench-throughput clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -76,8 +76,11 @@ ACROSS := $(RC)/train/across_sigmas/checkpoints/last.ckpt
 INSTA := $(RC)/train/insta_rs/checkpoints/last.ckpt
 results-cifar-jpg: results-cifar-jpg-train results-cifar-jpg-certify
 
-results-cifar-jpg-train: install
+# the four Gaussian models, which are also the per-level experts
+results-cifar-jpg-experts-train: install
 	$(PY) train.py -m $(TRAINC) train.sigma=0.12,0.25,0.5,1.0 hydra.sweep.dir=$(RC)/train/gaussian
+
+results-cifar-jpg-train: results-cifar-jpg-experts-train
 	$(PY) train.py -m $(TRAINC) train=consistency train.sigma=0.25,0.5 hydra.sweep.dir=$(RC)/train/consistency
 	$(PY) train.py $(TRAINC) 'train.sigma=$(LEVELS)' hydra.run.dir=$(RC)/train/across_sigmas
 	$(PY) train.py $(TRAINC) train=insta_rs train.update_every=8 train.m_update=8 hydra.run.dir=$(RC)/train/insta_rs
@@ -110,6 +113,20 @@ results-cifar-jpg-levers-val: install
 results-cifar-jpg-levers: install
 	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=$(CIFAR_RULE) sigma_search.p0=$(CIFAR_P0) '++sigma_search.levels=$(CIFAR_RULE_LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/certify/experts/chosen
 
+# The selector's own smoothing (issue 15): selectors on the experts' best-radius labels (16 draws per level and
+# training image) at sigma_sel 0.25 (results-cifar-jpg-certify's), 0.5 and 1.0 (Dual RS's choice), compared on
+# the validation split; then the choice (CIFAR_SELECTOR: a selector.pt) on the test inputs.
+SEL_SIGMA := $(RC)/train/selector_sigma
+CIFAR_SELECTOR ?= $(RC)/train/selector_experts/selector.pt
+results-cifar-jpg-selector-val: install
+	$(PY) train.py train=selector base_ckpt=$(G)/1/checkpoints/last.ckpt 'experts=$(EXPERT_MAP)' selector.draws=16 logger=csv hydra.run.dir=$(RC)/train/selector_experts
+	$(PY) train.py -m train=selector base_ckpt=$(G)/1/checkpoints/last.ckpt 'experts=$(EXPERT_MAP)' selector.draws=16 selector.sigma=0.5,1.0 logger=csv hydra.sweep.dir=$(SEL_SIGMA)
+	$(PY) certify.py -m $(CERTCV) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(RC)/train/selector_experts/selector.pt,$(SEL_SIGMA)/0/selector.pt,$(SEL_SIGMA)/1/selector.pt $(EXPERTS) hydra.sweep.dir=$(RC)/levers/val_selector
+	$(PY) -m insta_rs.compare $(RC)/levers/val_selector --dataset cifar10 --out $(RC)/levers/val_selector
+
+results-cifar-jpg-selector: install
+	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTOR) $(EXPERTS) hydra.run.dir=$(RC)/certify/experts/selector_chosen
+
 # Sound instance-wise rules with one expert per level on digits (issue 15): four Gaussian experts (sigma 0.12,
 # 0.25, 0.5, 1.0; 30 epochs each), the levers chosen on the validation split (all 180 val inputs, n = 2,000),
 # then the test split (every 2nd input, 180 of 360, n = 2,000): the experts' fixed sigma and their envelope,
@@ -124,22 +141,32 @@ DTEST := certify=demo certify.n=2000 certify.skip=2 certify.progress=false logge
 # p0 0.5 and 0.6) before it had to stop, so only grid's p0 is a validation choice (README)
 GRID_P0 ?= 0.6
 GRID_LEVELS ?= [0.5,0.25,0.12]
-SELECTOR_RUN ?= 0   # job of the selector sweep: 0, 1, 2 = selector.sigma 0.25, 0.5, 1.0
+# the selector certified on the test split (a selector.pt of results-digits-experts-train), chosen on val
+DIGITS_SELECTOR ?= $(RD)/train/selector/0/selector.pt
+# Selectors: sigma_sel 0.25, 0.5, 1.0 on the default labels (32 draws); then, at sigma_sel 0.5, labels from 128
+# draws per level with drop_unreached x balance_levels (jobs 0-3: off/off, off/on, on/off, on/on).
+SL := $(RD)/train/selector_levers
 results-digits-experts-train: install
 	$(PY) train.py -m experiment=digits_results train.sigma=0.12,0.25,0.5,1.0 hydra.sweep.dir=$(DX)
 	$(PY) train.py -m train=selector base_ckpt=$(DX)/1/checkpoints/last.ckpt 'experts=$(DEXPERT_MAP)' selector.sigma=0.25,0.5,1.0 logger=csv hydra.sweep.dir=$(RD)/train/selector
+	$(PY) train.py -m train=selector base_ckpt=$(DX)/1/checkpoints/last.ckpt 'experts=$(DEXPERT_MAP)' selector.sigma=0.5 selector.draws=128 selector.drop_unreached=false,true selector.balance_levels=false,true logger=csv hydra.sweep.dir=$(SL)
 
-results-digits-experts-val: results-digits-experts-train
-	$(PY) certify.py -m $(DVAL) sigma_search=grid,cascade sigma_search.p0=0.5,0.6,0.7,0.8 '++sigma_search.levels=[1.0,0.5,0.25,0.12],[0.5,0.25,0.12]' $(DEXPERTS) hydra.sweep.dir=$(RD)/val/finite
-	$(PY) certify.py -m $(DVAL) sigma_search=selector sigma_search.ckpt_path=$(RD)/train/selector/0/selector.pt,$(RD)/train/selector/1/selector.pt,$(RD)/train/selector/2/selector.pt $(DEXPERTS) hydra.sweep.dir=$(RD)/val/selector
+results-digits-experts-val: results-digits-experts-val-selector results-digits-experts-val-finite
 	$(PY) -m insta_rs.compare $(RD)/val --out $(RD)/val
+
+results-digits-experts-val-finite: install
+	$(PY) certify.py -m $(DVAL) sigma_search=grid,cascade sigma_search.p0=0.5,0.6,0.7,0.8 '++sigma_search.levels=[1.0,0.5,0.25,0.12],[0.5,0.25,0.12]' $(DEXPERTS) hydra.sweep.dir=$(RD)/val/finite
+
+results-digits-experts-val-selector: install
+	$(PY) certify.py -m $(DVAL) sigma_search=selector sigma_search.ckpt_path=$(RD)/train/selector/0/selector.pt,$(RD)/train/selector/1/selector.pt,$(RD)/train/selector/2/selector.pt,$(SL)/0/selector.pt,$(SL)/1/selector.pt,$(SL)/2/selector.pt,$(SL)/3/selector.pt $(DEXPERTS) hydra.sweep.dir=$(RD)/val/selector
+	$(PY) -m insta_rs.compare $(RD)/val/selector --out $(RD)/val/selector
 
 results-digits-experts: install
 	$(PY) certify.py -m $(DTEST) ckpt_path=$(DX)/0/checkpoints/last.ckpt,$(DX)/1/checkpoints/last.ckpt,$(DX)/2/checkpoints/last.ckpt,$(DX)/3/checkpoints/last.ckpt hydra.sweep.dir=$(RD)/test/fixed
 	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=best_level 'sigma_search.levels=[1.0,0.5,0.25,0.12]' $(DEXPERTS) hydra.run.dir=$(RD)/test/best_level
 	$(PY) certify.py -m $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=grid,cascade '++sigma_search.levels=[1.0,0.5,0.25,0.12]' $(DEXPERTS) hydra.sweep.dir=$(RD)/test/default
 	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=grid sigma_search.p0=$(GRID_P0) '++sigma_search.levels=$(GRID_LEVELS)' $(DEXPERTS) hydra.run.dir=$(RD)/test/grid_chosen
-	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(RD)/train/selector/$(SELECTOR_RUN)/selector.pt $(DEXPERTS) hydra.run.dir=$(RD)/test/selector
+	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(DIGITS_SELECTOR) $(DEXPERTS) hydra.run.dir=$(RD)/test/selector
 	$(PY) -m insta_rs.compare $(RD)/test --envelope --out $(RD)/test
 
 # Sequential against fixed certification (issue 12), alpha = 0.001, the same 200 inputs each way: digits
