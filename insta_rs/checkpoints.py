@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError, check
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -171,19 +171,26 @@ SELECTOR_FORMAT = 1
 SELECTOR_FILE = "selector.pt"
 
 
-def build_selector_network(num_levels: int, input_shape, mean, std, width: int = 16, hidden: int = 64) -> nn.Module:
-    """h_sel, the network a selector file holds: a SmallCNN (insta_rs.models) with one output per level."""
-    from .models import SmallCNN
+def build_selector_network(num_levels: int, input_shape, mean, std, width: int = 16, hidden: int = 64,
+                           pool: int = 1) -> nn.Module:
+    """h_sel, the network a selector file holds: a SmallCNN (insta_rs.models) with one output per level; with
+    pool = k > 1 it sees the k x k block means of its input (``BlockAverage``, a low-pass filter)."""
+    from .models import BlockAverage, SmallCNN
 
-    return SmallCNN(num_classes=num_levels, input_shape=tuple(input_shape), mean=tuple(mean), std=tuple(std),
-                    width=width, hidden=hidden)
+    network = SmallCNN(num_classes=num_levels, input_shape=tuple(input_shape), mean=tuple(mean), std=tuple(std),
+                       width=width, hidden=hidden)
+    if pool == 1:
+        return network
+    side = tuple(input_shape)[-2:]
+    check(all(s % pool == 0 for s in side), "pool", pool, f"a divisor of the image size {side[0]}x{side[1]}")
+    return nn.Sequential(BlockAverage(pool), network)
 
 
 def save_selector(path: str | Path, model: nn.Module, record: dict) -> None:
     """Write a selector file: {"insta_rs_selector": record, "state_dict": weights on CPU} (plain types and
     tensors only, so ``load_selector`` reads it with ``weights_only=True``), through a temporary file.
     ``record`` holds ``format`` (SELECTOR_FORMAT), ``levels`` (increasing), ``sigma`` (sigma_sel),
-    ``dataset_info``, ``network`` ({"name", "width", "hidden"}), and the classifier it belongs to
+    ``dataset_info``, ``network`` ({"name", "width", "hidden", "pool"}), and the classifier it belongs to
     (``base_ckpt``, ``base_sha256``); training adds its settings and label counts."""
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -210,6 +217,6 @@ def load_selector(path: str | Path, device=None) -> tuple[nn.Module, dict]:
                               f"(format {SELECTOR_FORMAT}); give its selector.pt")
     info, network = record["dataset_info"], record["network"]
     model = build_selector_network(len(record["levels"]), info["input_shape"], info["mean"], info["std"],
-                                   network["width"], network["hidden"])
+                                   network["width"], network["hidden"], network.get("pool", 1))
     model.load_state_dict(payload["state_dict"])
     return model.to(device or "cpu").eval(), record

@@ -57,7 +57,7 @@ def draw_noise(x: torch.Tensor, copies: int) -> torch.Tensor:
     return torch.randn((copies, *x.shape), dtype=x.dtype, device=x.device)
 
 
-def _noisy_logits(model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+def noisy_logits(model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Logits of x + sigma_i * noise[j] for every copy j, in one forward pass over the (copies * B) rows (so
     batch-norm statistics see all copies, as in the reference implementations); returns (copies, B, classes)."""
     copies, rows = noise.shape[0], x.shape[0]
@@ -83,7 +83,8 @@ def _check_number(value, setting: str, accepted: str, ok) -> float:
 def consistency_objective(logits: torch.Tensor, y: torch.Tensor, lbd: float, eta: float) -> dict[str, torch.Tensor]:
     """The consistency-regularised objective of Jeong & Shin (2020) from the logits of m noisy copies.
 
-    logits: (m, B, C), copy j of row i being f(x_i + sigma_i e_ij). With p_ij = softmax(logits[j, i]) and
+    logits: (m, B, C), copy j of row i being f(x_i + sigma_i e_ij); y: (B,) labels or (B, C) target
+    probabilities (soft labels: the cross-entropy is then against them). With p_ij = softmax(logits[j, i]) and
     pbar_i = (1/m) sum_j p_ij:
         ce          = (1/(mB)) sum_{i,j} -log p_ij[y_i]
         consistency = (1/B) sum_i (1/m) sum_j KL(pbar_i || p_ij)     (from the average to each copy)
@@ -94,7 +95,7 @@ def consistency_objective(logits: torch.Tensor, y: torch.Tensor, lbd: float, eta
     """
     m, rows, classes = logits.shape
     log_p = F.log_softmax(logits, dim=-1)  # (m, B, C)
-    ce = F.cross_entropy(logits.reshape(m * rows, classes), y.repeat(m))
+    ce = F.cross_entropy(logits.reshape(m * rows, classes), y.repeat(m, *([1] * (y.dim() - 1))))
     log_p_bar = torch.logsumexp(log_p, dim=0) - math.log(m)  # (B, C)
     p_bar = log_p_bar.exp()
     kl = (p_bar.unsqueeze(0) * (log_p_bar.unsqueeze(0) - log_p)).sum(-1)  # (m, B): KL(pbar_i || p_ij)
@@ -129,7 +130,7 @@ class ConsistencyLoss:
                  noise: torch.Tensor | None = None) -> LossOutput:
         """``noise``: the standard-normal draws e, shape (m, *x.shape); drawn here when None."""
         noise = draw_noise(x, self.m) if noise is None else noise
-        logits = _noisy_logits(model, x, sigma, noise)
+        logits = noisy_logits(model, x, sigma, noise)
         terms = consistency_objective(logits, y, self.lbd, self.eta)
         return LossOutput(terms.pop("loss"), logits[0], terms)
 
@@ -203,6 +204,6 @@ class MacerLoss:
                  noise: torch.Tensor | None = None) -> LossOutput:
         """``noise``: the standard-normal draws e, shape (k, *x.shape); drawn here when None."""
         noise = draw_noise(x, self.k) if noise is None else noise
-        logits = _noisy_logits(model, x, sigma, noise)
+        logits = noisy_logits(model, x, sigma, noise)
         terms = macer_objective(logits, y, sigma, self.lbd, self.gamma, self.beta, self.eps)
         return LossOutput(terms.pop("loss"), logits[0], terms)

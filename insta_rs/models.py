@@ -237,6 +237,23 @@ class SmallCNN(_ImageClassifier):
         check_input(self, self.input_shape)
 
 
+class BlockAverage(nn.Module):
+    """A low-pass filter: every k x k block of pixels replaced by its mean (the image keeps its shape). On
+    x + sigma e the block mean's noise has standard deviation sigma / k, so a network behind it sees k times
+    less noise; any fixed function of the noisy input is still a valid base classifier (SOUND.md 3d).
+    H and W must be multiples of k."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = _positive_int(k, "pool")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.k == 1:
+            return x
+        mean = F.avg_pool2d(x, self.k)
+        return mean.repeat_interleave(self.k, dim=-2).repeat_interleave(self.k, dim=-1)
+
+
 class CifarVGG(_ImageClassifier):
     """A narrow VGG-style network for 32x32 colour images that a CPU can certify (issue 13): per stage one
     3x3 conv + BN + ReLU then a 2x2 max-pool, widths w, 2w, 4w, 8w (32 -> 16 -> 8 -> 4 -> 2), global average

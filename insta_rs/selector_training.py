@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from .checkpoints import SELECTOR_FILE, SELECTOR_FORMAT, TrainedRun, build_selector_network, save_selector
 from .errors import DataError, check, settings_from_config
 from .experts import load_experts
+from .losses import noisy_logits, consistency_objective, draw_noise
 from .search.selector import check_levels
 from .selector_labels import (
     LABEL_MODES,
@@ -64,8 +65,14 @@ class SelectorSettings:
     drop_unreached: ``best_radius`` only: leave out the training inputs whose true label no level reaches
         (every Rhat_k <= 0); they would teach the selector the least bad of several wrong levels.
     balance_levels: sample training inputs so that every level (a target's argmax) weighs the same.
+    consistency, eta: 0 trains on one noisy copy per input (cross-entropy); lambda > 0 trains on two copies
+        with consistency regularisation (``insta_rs.losses.consistency_objective``: cross-entropy + lambda KL
+        to the copies' mean + eta times its entropy; Dual RS trains its selector with lambda 40, eta 0.5), so
+        the smoothed selector is confident and its radius large.
     epochs, lr, batch_size, momentum, weight_decay: SGD with a cosine schedule.
     width, hidden: the selector network's SmallCNN channels and hidden units.
+    pool: k > 1 puts a k x k block average in front of the network (``insta_rs.models.BlockAverage``): it sees
+        the noise at sigma_sel / k. H and W must be multiples of k.
     """
 
     levels: list[float] = field(default_factory=lambda: [0.12, 0.25, 0.5, 1.0])
@@ -77,6 +84,8 @@ class SelectorSettings:
     eps: float | None = None
     drop_unreached: bool = False
     balance_levels: bool = False
+    consistency: float = 0.0
+    eta: float = 0.5
     epochs: int = 10
     lr: float = 0.05
     batch_size: int = 128
@@ -84,6 +93,7 @@ class SelectorSettings:
     weight_decay: float = 5e-4
     width: int = 16
     hidden: int = 64
+    pool: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -107,7 +117,11 @@ class SelectorSettings:
             check(isinstance(getattr(self, name), bool), name, getattr(self, name), "true or false")
         check(not self.drop_unreached or self.label_mode == "best_radius", "drop_unreached", self.drop_unreached,
               "false with label_mode=nearest (only best_radius estimates each level's radius)")
-        for name in ("epochs", "batch_size", "width", "hidden"):
+        for name in ("consistency", "eta"):
+            value = getattr(self, name)
+            check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                  and value >= 0, name, value, "a number >= 0")
+        for name in ("epochs", "batch_size", "width", "hidden", "pool"):
             _check_positive(getattr(self, name), f"{name}", integer=True)
         _check_positive(self.lr, "lr")
         check(isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1, "momentum", self.momentum,
@@ -118,15 +132,18 @@ class SelectorSettings:
 
 class SelectorClassifier(pl.LightningModule):
     """Trains h_sel with cross-entropy on inputs noised at sigma_sel: loss = CE(h_sel(x + sigma_sel e), t),
-    with t a level index (``nearest``) or a probability row over levels (``best_radius``). SGD with momentum
+    with t a level index (``nearest``) or a probability row over levels (``best_radius``); with
+    ``consistency`` = lambda > 0, the consistency objective over two noisy copies instead. SGD with momentum
     and a cosine schedule over ``epochs``. Logs ``train/loss`` and ``train/acc`` (argmax agreement with the
     target's argmax). ``meta`` (the selector file's record) goes into Lightning checkpoints under
     ``insta_rs_selector``."""
 
     def __init__(self, model: nn.Module, sigma: float, lr: float = 0.05, momentum: float = 0.9,
-                 weight_decay: float = 5e-4, epochs: int = 10, meta: dict | None = None):
+                 weight_decay: float = 5e-4, epochs: int = 10, meta: dict | None = None, consistency: float = 0.0,
+                 eta: float = 0.5):
         super().__init__()
         self.model, self.sigma = model, float(sigma)
+        self.consistency, self.eta = float(consistency), float(eta)
         self.lr, self.momentum, self.weight_decay, self.epochs = lr, momentum, weight_decay, epochs
         self.meta = meta or {}
 
@@ -135,8 +152,13 @@ class SelectorClassifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, target, _ = batch
-        logits = self.model(x + self.sigma * torch.randn_like(x))
-        loss = F.cross_entropy(logits, target)
+        if self.consistency > 0:
+            sigma = torch.full((x.shape[0],), self.sigma, dtype=x.dtype, device=x.device)
+            copies = noisy_logits(self.model, x, sigma, draw_noise(x, 2))
+            loss, logits = consistency_objective(copies, target, self.consistency, self.eta)["loss"], copies[0]
+        else:
+            logits = self.model(x + self.sigma * torch.randn_like(x))
+            loss = F.cross_entropy(logits, target)
         wanted = target if target.dim() == 1 else target.argmax(dim=1)
         acc = (logits.argmax(dim=1) == wanted).float().mean()
         self.log_dict({"train/loss": loss, "train/acc": acc}, on_step=False, on_epoch=True, prog_bar=True,
@@ -209,7 +231,8 @@ def selector_record(base: TrainedRun, settings: SelectorSettings, seed: int, tar
         "base_sha256": base.sha256,
         "experts_sha256": experts_sha256,
         "dataset_info": dataclasses.asdict(base.source.info),
-        "network": {"name": "small_cnn", "width": int(settings.width), "hidden": int(settings.hidden)},
+        "network": {"name": "small_cnn", "width": int(settings.width), "hidden": int(settings.hidden),
+                    "pool": int(settings.pool)},
         "label_counts": label_counts(targets, len(settings.levels)),  # over the inputs it was trained on
     }
 
@@ -231,10 +254,11 @@ def fit_selector(base: TrainedRun, settings: SelectorSettings, run_dir: str | Pa
     split, table, targets = base_targets(base, settings, seed, device, routed)
     info = base.source.info
     network = build_selector_network(len(settings.levels), info.input_shape, info.mean, info.std, settings.width,
-                                     settings.hidden)
+                                     settings.hidden, settings.pool)
     record = selector_record(base, settings, seed, targets, digests)
     module = SelectorClassifier(network, settings.sigma, lr=settings.lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay, epochs=settings.epochs, meta=record)
+                                weight_decay=settings.weight_decay, epochs=settings.epochs, meta=record,
+                                consistency=settings.consistency, eta=settings.eta)
     examples = TableExamples(split, table["idx"].reshape(-1), targets)
     if settings.balance_levels:
         weights = level_balance_weights(targets, len(settings.levels))

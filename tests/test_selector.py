@@ -21,8 +21,10 @@ from conftest import ROOT
 from insta_rs.checkpoints import build_selector_network, file_digest, load_run, load_selector, save_selector
 from insta_rs.data import Synthetic
 from insta_rs.errors import CheckpointError, ConfigError
-from insta_rs.models import SmallCNN
+from insta_rs.models import BlockAverage, SmallCNN
 from insta_rs.search.base import SearchContext
+from insta_rs.certificates.selector import answer_radius, switch_radii
+from insta_rs.search import selector as selector_module
 from insta_rs.search.selector import SelectorSigma, check_levels
 from insta_rs.selector_check import distillation_check_files
 from insta_rs import selector_training
@@ -216,6 +218,119 @@ def test_classifier_abstention_propagates():
 
 
 # --------------------------------------------------------------------------------------------------
+# The answer rule (README "Guarantees" 3f): the answer, not the level, is certified constant on the ball
+
+
+def test_switch_and_answer_radii_closed_form():
+    """e_k = sigma_sel (PhiInv(q_lo_s) - PhiInv(min(q_hi_k, 1 - q_lo_s))) / 2, e_s = inf, and
+    R = min(r_s, min over k != s of max(e_k, r_k)) with the binding level, against scipy by hand."""
+    switch = switch_radii(0.5, 1, 0.6, [0.35, 0.9, 0.05])
+    assert switch[1] == math.inf
+    assert switch[0] == pytest.approx(0.5 * (norm.ppf(0.6) - norm.ppf(0.35)) / 2, rel=1e-12)
+    assert switch[2] == pytest.approx(0.5 * (norm.ppf(0.6) - norm.ppf(0.05)) / 2, rel=1e-12)
+    # an upper bound above 1 - q_lo is tightened to it: e_k is then the selector's Cohen radius
+    assert switch_radii(0.5, 0, 0.7, [1.0, 0.9])[1] == pytest.approx(0.5 * norm.ppf(0.7), rel=1e-12)
+    assert switch_radii(0.5, 0, 0.0, [0.0, 0.0])[1] == -math.inf  # no bound at all: no switch radius
+    assert answer_radius([math.inf, 0.1, 0.3], [0.5, 0.4, 0.0], 0) == (pytest.approx(0.3), 2)  # e_2 binds
+    assert answer_radius([math.inf, 0.1, 0.3], [0.5, 0.2, 0.6], 0) == (pytest.approx(0.2), 1)  # r_1 binds
+    assert answer_radius([math.inf, 0.9, 0.8], [0.5, 0.0, 0.0], 0) == (pytest.approx(0.5), 0)  # r_s binds
+    assert answer_radius([math.inf, -0.1], [0.5, 0.0], 0)[0] <= 0  # a rival that may already be picked and
+    # does not answer y: abstain
+
+
+def answer_violations(method, classifier, selector, levels, sigma_sel, centers, rng, n=4000, alpha=0.01):
+    """(certified rows, rows whose ball holds a point where the exact instance-wise classifier
+    G(x') = g_{s(x')}(x') differs from the answer): s(x') is the exact smoothed selector's level."""
+    smooth = Smooth(classifier, 2, batch_size=1000)
+    certified = violated = 0
+    for i, center in enumerate(centers):
+        x = torch.tensor(center, dtype=torch.float32).view(1, 1, 2)
+        row = method.certify(smooth, x, 100, n, alpha, torch.Generator().manual_seed(i))
+        if row.predict == -1 or row.radius <= 0:
+            continue
+        certified += 1
+        points = points_in_ball(center, row.radius, rng)
+        level_index = (selector.p1(points, sigma_sel) > 0.5).astype(int)
+        answer = np.where(level_index == 1, classifier.p1(points, levels[1]), classifier.p1(points, levels[0]))
+        violated += int(((answer > 0.5).astype(int) != row.predict).any())
+    return certified, violated
+
+
+def hesitant_centers(rng, count=16):
+    """Centres near the selector's boundary x2 = 0.5, half in the band's middle (where g_0.25 says 1 and
+    g_0.5 says 0, so a switch of level changes the answer) and half beside it (both levels agree)."""
+    middle = np.stack([rng.uniform(0.45, 0.55, count // 2), rng.uniform(0.44, 0.49, count // 2)], axis=1)
+    beside = np.stack([rng.uniform(1.3, 1.6, count // 2), rng.uniform(0.45, 0.55, count // 2)], axis=1)
+    return np.concatenate([middle, beside])
+
+
+def test_answer_rule_keeps_the_instancewise_answer_in_the_ball():
+    """Soundness on analytic models: inside every certified ball the exact instance-wise classifier answers
+    the certified class, wherever the exact smoothed selector switches level."""
+    levels, sigma_sel = (0.25, 0.5), 0.2
+    selector, classifier = Halfplane([0.0, 1.0], 0.5), Band(0.5, 0.3)
+    rng = np.random.default_rng(5)
+    method = method_with(selector, levels, sigma_sel, rule="answer")
+    certified, violated = answer_violations(method, classifier, selector, levels, sigma_sel, hesitant_centers(rng),
+                                            rng)
+    assert certified >= 8 and violated == 0
+
+
+def test_answer_rule_check_catches_a_rule_that_ignores_the_switch(monkeypatch):
+    """The same check fails a broken variant that certifies the chosen level's radius r_s alone (as if the
+    selector could not switch to a level that answers otherwise)."""
+    monkeypatch.setattr(selector_module, "answer_radius", lambda switch, radii, chosen: (radii[chosen], chosen))
+    levels, sigma_sel = (0.25, 0.5), 0.2
+    selector, classifier = Halfplane([0.0, 1.0], 0.5), Band(0.5, 0.3)
+    rng = np.random.default_rng(5)
+    method = method_with(selector, levels, sigma_sel, rule="answer")
+    _, violated = answer_violations(method, classifier, selector, levels, sigma_sel, hesitant_centers(rng), rng)
+    assert violated >= 3
+
+
+def test_answer_rule_beats_the_level_rule_where_the_levels_agree():
+    """Beside the band both levels answer 0: a selector on its boundary makes the level rule abstain or certify
+    a tiny R_sel, while the answer rule certifies the smaller of the two levels' radii."""
+    levels, sigma_sel = (0.25, 0.5), 0.2
+    selector, classifier = Halfplane([0.0, 1.0], 0.5), Band(0.5, 0.3)
+    smooth = Smooth(classifier, 2, batch_size=1000)
+    x = torch.tensor([1.5, 0.5]).view(1, 1, 2)
+    rows = {rule: method_with(selector, levels, sigma_sel, rule=rule).certify(smooth, x, 100, 4000, 0.001,
+                                                                              torch.Generator().manual_seed(0))
+            for rule in ("level", "answer")}
+    assert rows["level"].radius < 0.05
+    exact = min(s * norm.ppf(1 - classifier.p1(np.array([[1.5, 0.5]]), s)[0]) for s in levels)
+    assert rows["answer"].predict == 0 and 0.6 * exact < rows["answer"].radius <= exact
+    assert rows["answer"].extra["levels_certified"] == 2 and rows["answer"].extra["limited_by"] in ("classifier",
+                                                                                                    "rival")
+
+
+def test_answer_rule_alpha_split_closed_form():
+    """Deterministic selector and classifier: the selector's K bounds at selector_alpha * alpha / K, the
+    classifier's at the rest / K; a sure selector sets e_k to its own Cohen radius and no rival is sampled."""
+    alpha, n0, n, sel_n, share = 0.02, 20, 500, 300, 0.25
+    levels = (0.1, 0.3, 1.0)
+    method = method_with(Constant(1, 3), levels, 2.0, selector_n=sel_n, rule="answer", selector_alpha=share)
+    row = method.certify(Smooth(Constant(2, 3), 3, batch_size=256), torch.zeros(1, 4, 4), n0, n, alpha,
+                         torch.Generator().manual_seed(0))
+    q_lower = (alpha * share / 3) ** (1 / sel_n)
+    p_lower = (alpha * (1 - share) / 3) ** (1 / n)
+    assert row.predict == 2 and row.sigma == 0.3
+    assert row.extra["pA_lower_selector"] == pytest.approx(q_lower, abs=2e-6)
+    assert row.p_lower == pytest.approx(p_lower, rel=1e-9)
+    assert row.radius == pytest.approx(float(np.float32(0.3)) * norm.ppf(p_lower), rel=1e-9)
+    assert row.extra["radius_selector"] == pytest.approx(2.0 * norm.ppf(q_lower), abs=2e-6)
+    assert row.extra["levels_certified"] == 1 and row.extra["limited_by"] == "classifier"
+
+
+@pytest.mark.parametrize("settings, message", [({"rule": "levels"}, "rule='levels' is invalid"),
+                                               ({"selector_alpha": 1.0}, "selector_alpha=1.0 is invalid")])
+def test_bad_rule_settings_are_one_line_config_errors(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        SelectorSigma(ckpt_path="unused.pt", **settings)
+
+
+# --------------------------------------------------------------------------------------------------
 # Labels
 
 
@@ -331,6 +446,42 @@ def test_fit_selector_then_certify(base_run, tmp_path, label_mode):
     report = distillation_check_files(path, ckpt, split="test", max_inputs=4, selector_draws=16, search_draws=16)
     assert report["inputs"] == 4 and 0.0 <= report["agreement"] <= 1.0 and report["mean_cost"] >= 0
     assert report["per_level"]["best_picks"].sum() == 4 and report["per_level"]["selector_picks"].sum() == 4
+
+
+def test_low_pass_consistency_selector_round_trip(base_run, tmp_path):
+    """A selector with the issue-15 levers (2x2 block means, consistency training, the answer rule) trains,
+    saves, loads with the same weights and filter, and certifies through the answer rule."""
+    ckpt, source = base_run
+    settings = SelectorSettings(levels=[0.12, 0.25, 0.5], sigma=0.5, epochs=1, batch_size=32, draws=4, width=4,
+                                hidden=8, pool=2, consistency=40.0, eta=0.5)
+    torch.manual_seed(0)
+    path = fit_selector(load_run(ckpt), settings, run_dir=tmp_path, seed=0)
+    network, record = load_selector(path)
+    assert record["network"]["pool"] == 2 and record["settings"]["consistency"] == 40.0
+    assert isinstance(network[0], BlockAverage) and network[0].k == 2
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in network.state_dict().items())
+    method = SelectorSigma(ckpt_path=str(path), rule="answer")
+    method.prepare(SearchContext(source=source, num_classes=3, device="cpu", ckpt_path=str(ckpt)))
+    smooth = Smooth(load_run(ckpt).model, 3, batch_size=64)
+    for i in range(3):
+        row = method.certify(smooth, source.split("test")[i][0], 10, 60, 0.01, torch.Generator().manual_seed(i))
+        assert row.guarantee == "sound" and 1 <= row.extra["levels_certified"] <= 3
+        assert row.radius <= row.extra["radius_classifier"] + 1e-6  # the column is rounded down
+    assert method.extra_columns[-1] == "levels_certified"
+    with pytest.raises(ConfigError, match="pool=3 is invalid"):
+        fit_selector(load_run(ckpt), dataclasses.replace(settings, pool=3), run_dir=tmp_path / "bad", seed=0)
+
+
+def test_block_average_is_the_block_mean_and_divides_the_noise():
+    """Every k x k block becomes its mean, the shape is kept, and on pure noise the standard deviation falls
+    from sigma to sigma / k."""
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    out = BlockAverage(2)(x)
+    assert out.shape == x.shape and out[0, 0, 0, 0] == (0 + 1 + 4 + 5) / 4 and out[0, 0, 3, 3] == (10 + 11 + 14 + 15) / 4
+    noise = 0.5 * torch.randn(4000, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert BlockAverage(4)(noise).std().item() == pytest.approx(0.5 / 4, rel=0.03)
+    assert torch.equal(BlockAverage(1)(x), x)
 
 
 def test_selector_for_another_checkpoint_is_refused(tmp_path):

@@ -27,6 +27,22 @@ candidate level when the selector abstains), ``radius_selector``, ``radius_class
 ``pA_lower`` the classifier's bound, ``search_draws`` / ``search_time`` the selector's draws and seconds.
 Radii use the sigma the noise was scaled by (float32), so a rounded sigma never enlarges a radius.
 
+With ``rule="answer"`` (README "Guarantees" 3f; ``insta_rs.certificates.selector``) only the *answer* must
+stay constant on the ball, not the level: per row,
+
+1. the selector's n0_sel draws pick s; its n_sel fresh draws bound q_s from below and every other q_k from
+   above, K statements at selector_alpha * alpha / K each; e_k = sigma_sel (PhiInv(q_lo_s) - PhiInv(q_hi_k)) / 2
+   is how far the selector cannot switch to level k;
+2. CERTIFY(f, s, x, n0, n) at (1 - selector_alpha) * alpha / K picks y and gives r_s; every level k != s
+   that could bind (e_k < r_s) gets n fresh draws and the lower bound of p_k(y) at the same share, r_k;
+3. answer y with R = min(r_s, min over k != s of max(e_k, r_k)); abstain if R <= 0.
+
+All 2K statements hold together with probability >= 1 - alpha. A hesitant selector then costs only the
+radii of the levels it hesitates between, where the level rule would stop at its small R_sel. Extra column
+``levels_certified``: how many levels' classifiers were sampled (1 + the rivals); ``radius_selector`` is
+min over k != s of e_k (the level is constant within it), ``limited_by`` ``classifier`` (r_s), ``rival``
+(some r_k) or ``selector`` (some e_k).
+
 PREDICT (``choose_sigma``): the level the smoothed selector's n0_sel draws pick (step 1's candidate); Cohen's
 PREDICT then runs at that level with fresh draws. Its answer is g_s's at the picked level, not G's (a PREDICT
 of G would also have to test the selector's choice and split alpha): guarantee ``instance``.
@@ -40,10 +56,11 @@ from pathlib import Path
 
 import torch
 
-from ..certificates import ABSTAIN, floor_to
+from ..certificates import ABSTAIN, cohen_radius, cp_lower, cp_upper, floor_to
+from ..certificates.selector import answer_radius, switch_radii
 from ..checkpoints import file_digest, load_selector
-from ..errors import CheckpointError, DataError, check
-from ..smoothing import Smooth, check_certify_settings
+from ..errors import CheckpointError, ConfigError, DataError, check
+from ..smoothing import Smooth, check_certify_settings, noise_sigma
 from .base import RowResult, SearchContext, SigmaChoice, SigmaMethod
 
 
@@ -72,15 +89,25 @@ class SelectorSigma(SigmaMethod):
 
     ckpt_path: the selector.pt written by ``train=selector`` for the checkpoint being certified.
     selector_n0 / selector_n: the selector's selection and estimation draws (null: certify.n0 / certify.n).
+    rule: ``level`` (SOUND.md 3d: the selector's level is certified constant on the ball) or ``answer``
+        (3f: every level the selector could switch to on the ball is certified to give the same answer).
+    selector_alpha: the share of alpha spent on the selector's statements (the classifier gets the rest).
     """
 
     name = "selector"
     guarantee = "sound"
     extra_columns = ("level", "radius_selector", "radius_classifier", "pA_lower_selector", "limited_by")
+    RULES = ("level", "answer")
 
     def __init__(self, ckpt_path: str, selector_n0: int | None = None, selector_n: int | None = None,
-                 experts=None):
+                 experts=None, rule: str = "level", selector_alpha: float = 0.5):
         self.experts = experts
+        check(rule in self.RULES, "rule", rule, " or ".join(self.RULES))
+        check(isinstance(selector_alpha, (int, float)) and not isinstance(selector_alpha, bool)
+              and 0 < selector_alpha < 1, "selector_alpha", selector_alpha, "a number in (0, 1), e.g. 0.5")
+        self.rule, self.selector_alpha = rule, float(selector_alpha)
+        if rule == "answer":
+            self.extra_columns = SelectorSigma.extra_columns + ("levels_certified",)
         check(ckpt_path is not None and str(ckpt_path) not in ("", "???"), "ckpt_path", ckpt_path,
               "the selector.pt written by python train.py train=selector base_ckpt=PATH")
         self.ckpt_path = str(ckpt_path)
@@ -151,7 +178,9 @@ class SelectorSigma(SigmaMethod):
                 generator: torch.Generator) -> RowResult:
         """Steps 1-3 of the module docstring for one input; ``smooth`` is the base classifier."""
         check_certify_settings(1.0, n0, n, alpha)
-        half = alpha / 2.0
+        if self.rule == "answer":
+            return self.certify_answer(smooth, x, n0, n, alpha, generator)
+        half = alpha * self.selector_alpha
         sel_n0, sel_n = self.selector_n0 or n0, self.selector_n or n
         start = time.perf_counter()
         selector = self.selector_smooth(smooth)
@@ -168,7 +197,7 @@ class SelectorSigma(SigmaMethod):
             return RowResult(ABSTAIN, 0.0, level, 0.0, self.guarantee, search_time=search_time,
                              search_draws=sel_n0 + selected.n,
                              extra={**extra, "radius_classifier": 0.0, "limited_by": "selector"})
-        cert = smooth.certify(x, level, n0, n, half, generator)
+        cert = smooth.certify(x, level, n0, n, alpha - half, generator)
         limited_by = "selector" if r_sel <= cert.radius else "classifier"
         if cert.predict == ABSTAIN:
             radius, limited_by = 0.0, "classifier"
@@ -177,3 +206,43 @@ class SelectorSigma(SigmaMethod):
         return RowResult(cert.predict, radius, level, cert.p_lower, self.guarantee, search_time=search_time,
                          search_draws=sel_n0 + selected.n,
                          extra={**extra, "radius_classifier": floor_to(cert.radius), "limited_by": limited_by})
+
+    def certify_answer(self, smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: float,
+                       generator: torch.Generator) -> RowResult:
+        """Steps 1-3 of the answer rule (module docstring) for one input; ``smooth`` is the base classifier."""
+        if smooth.sequential is not None:
+            raise ConfigError("sigma_search.rule=answer certifies with a fixed number of draws: set "
+                              "certify.sampling=fixed, or use sigma_search.rule=level")
+        levels, sel_n0, sel_n = self.levels, self.selector_n0 or n0, self.selector_n or n
+        share_sel = alpha * self.selector_alpha / len(levels)
+        share_cls = alpha * (1.0 - self.selector_alpha) / len(levels)
+        start = time.perf_counter()
+        selector = self.selector_smooth(smooth)
+        chosen = int(selector.sample_counts(x, self.sigma, sel_n0, generator).argmax())
+        counts = selector.sample_counts(x, self.sigma, sel_n, generator).cpu().numpy()
+        q_lower = float(cp_lower(counts[chosen], sel_n, share_sel))
+        switch = switch_radii(noise_sigma(self.sigma), chosen, q_lower, cp_upper(counts, sel_n, share_sel))
+        search_time = time.perf_counter() - start
+        others = [k for k in range(len(levels)) if k != chosen]
+        extra = {"level": chosen, "radius_selector": floor_to(float(switch[others].min())) if others else math.inf,
+                 "pA_lower_selector": floor_to(q_lower)}
+        cert = smooth.certify(x, levels[chosen], n0, n, share_cls, generator)
+        radii = [math.inf] * len(levels)
+        radii[chosen] = cert.radius
+        rivals = [k for k in others if switch[k] < cert.radius] if cert.predict != ABSTAIN else []
+        if rivals:
+            rows = x.unsqueeze(0).expand(len(rivals), *x.shape)
+            sigmas = torch.tensor([levels[k] for k in rivals], dtype=torch.float32)
+            hits = smooth.sample_counts(rows, sigmas, n, generator)[:, cert.predict].cpu().numpy()
+            for k, p_lower in zip(rivals, cp_lower(hits, n, share_cls)):
+                radii[k] = cohen_radius(noise_sigma(levels[k]), float(p_lower))
+        radius, binding = answer_radius(switch, radii, chosen)
+        extra.update(radius_classifier=floor_to(cert.radius), levels_certified=1 + len(rivals),
+                     limited_by="classifier" if binding == chosen else
+                     "selector" if switch[binding] >= radii[binding] else "rival")
+        draws = sel_n0 + sel_n
+        if cert.predict == ABSTAIN or not radius > 0:
+            return RowResult(ABSTAIN, 0.0, levels[chosen], cert.p_lower, self.guarantee, search_time=search_time,
+                             search_draws=draws, extra=extra)
+        return RowResult(cert.predict, radius, levels[chosen], cert.p_lower, self.guarantee,
+                         search_time=search_time, search_draws=draws, extra=extra)
