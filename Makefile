@@ -125,7 +125,24 @@ results-cifar-jpg-selector-val: install
 	$(PY) -m insta_rs.compare $(RC)/levers/val_selector --dataset cifar10 --out $(RC)/levers/val_selector
 
 results-cifar-jpg-selector: install
-	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTOR) $(EXPERTS) hydra.run.dir=$(RC)/certify/experts/selector_chosen
+	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTOR) sigma_search.rule=$(CIFAR_SELECTOR_RULE) $(EXPERTS) hydra.run.dir=$(RC)/certify/experts/selector_chosen
+
+# The selector against noise on the CIFAR JPEG subset (issue 15), as on digits: sigma_sel 0.25 / 0.5 / 1.0 x pool
+# 1 / 2 x consistency 0 / 40 (job i = 4 i_sigma + 2 i_pool + i_consistency; 16 label draws per level and
+# training image), each certified on the validation split (every 10th image, n = 1,000) with the level and the
+# answer rule beside the experts' fixed sigma and best_level; then the val choice on results-cifar-jpg's test
+# inputs (CIFAR_SELECTOR, CIFAR_SELECTOR_RULE).
+CSN := $(RC)/train/selector_noise
+CIFAR_SELECTORS := $(subst $(space),$(comma),$(foreach i,0 1 2 3 4 5 6 7 8 9 10 11,$(CSN)/$(i)/selector.pt))
+CIFAR_SELECTOR_RULE ?= answer
+results-cifar-jpg-selector-noise-train: install
+	$(PY) train.py -m train=selector base_ckpt=$(G)/1/checkpoints/last.ckpt 'experts=$(EXPERT_MAP)' selector.draws=16 selector.sigma=0.25,0.5,1.0 selector.pool=1,2 selector.consistency=0,40 logger=csv hydra.sweep.dir=$(CSN)
+
+results-cifar-jpg-selector-noise-val: install
+	$(PY) certify.py -m $(CERTCV) ckpt_path=$(G)/0/checkpoints/last.ckpt,$(G)/1/checkpoints/last.ckpt,$(G)/2/checkpoints/last.ckpt,$(G)/3/checkpoints/last.ckpt hydra.sweep.dir=$(RC)/levers/val_fixed
+	$(PY) certify.py $(CERTCV) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=best_level '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/levers/val_best_level
+	$(PY) certify.py -m $(CERTCV) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTORS) sigma_search.rule=level,answer $(EXPERTS) hydra.sweep.dir=$(RC)/levers/val_selector_noise
+	$(PY) -m insta_rs.compare $(RC)/levers/val_fixed $(RC)/levers/val_best_level $(RC)/levers/val_selector_noise --dataset cifar10 --envelope --out $(RC)/levers/val_selector_noise
 
 # Sound instance-wise rules with one expert per level on digits (issue 15): four Gaussian experts (sigma 0.12,
 # 0.25, 0.5, 1.0; 30 epochs each), the levers chosen on the validation split (all 180 val inputs, n = 2,000),
@@ -151,6 +168,25 @@ results-digits-experts-train: install
 	$(PY) train.py -m train=selector base_ckpt=$(DX)/1/checkpoints/last.ckpt 'experts=$(DEXPERT_MAP)' selector.sigma=0.25,0.5,1.0 logger=csv hydra.sweep.dir=$(RD)/train/selector
 	$(PY) train.py -m train=selector base_ckpt=$(DX)/1/checkpoints/last.ckpt 'experts=$(DEXPERT_MAP)' selector.sigma=0.5 selector.draws=128 selector.drop_unreached=false,true selector.balance_levels=false,true logger=csv hydra.sweep.dir=$(SL)
 
+# The selector against noise (issue 15): sigma_sel 0.25 / 0.5 / 1.0 x pool 1 / 2 (2x2 block means in front of
+# the network) x consistency 0 / 40 (two noisy copies, Dual RS's lambda): 12 selectors, job i = 4 i_sigma +
+# 2 i_pool + i_consistency; each certified on the validation split with the level rule (SOUND.md 3d) and the
+# answer rule (README "Guarantees" 3f); then the val choice (DIGITS_SELECTOR, DIGITS_SELECTOR_RULE) on the test split.
+SN := $(RD)/train/selector_noise
+comma := ,
+empty :=
+space := $(empty) $(empty)
+DIGITS_SELECTORS := $(subst $(space),$(comma),$(foreach i,0 1 2 3 4 5 6 7 8 9 10 11,$(SN)/$(i)/selector.pt))
+DIGITS_SELECTOR_RULE ?= answer
+results-digits-selector-noise-train: install
+	$(PY) train.py -m train=selector base_ckpt=$(DX)/1/checkpoints/last.ckpt 'experts=$(DEXPERT_MAP)' selector.sigma=0.25,0.5,1.0 selector.pool=1,2 selector.consistency=0,40 logger=csv hydra.sweep.dir=$(SN)
+
+results-digits-selector-noise-val: install
+	$(PY) certify.py -m $(DVAL) ckpt_path=$(DX)/0/checkpoints/last.ckpt,$(DX)/1/checkpoints/last.ckpt,$(DX)/2/checkpoints/last.ckpt,$(DX)/3/checkpoints/last.ckpt hydra.sweep.dir=$(RD)/val/fixed
+	$(PY) certify.py $(DVAL) sigma_search=best_level 'sigma_search.levels=[1.0,0.5,0.25,0.12]' $(DEXPERTS) hydra.run.dir=$(RD)/val/best_level
+	$(PY) certify.py -m $(DVAL) sigma_search=selector sigma_search.ckpt_path=$(DIGITS_SELECTORS) sigma_search.rule=level,answer $(DEXPERTS) hydra.sweep.dir=$(RD)/val/selector_noise
+	$(PY) -m insta_rs.compare $(RD)/val/fixed $(RD)/val/best_level $(RD)/val/selector_noise --envelope --out $(RD)/val/selector_noise
+
 results-digits-experts-val: results-digits-experts-val-selector results-digits-experts-val-finite
 	$(PY) -m insta_rs.compare $(RD)/val --out $(RD)/val
 
@@ -166,7 +202,7 @@ results-digits-experts: install
 	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=best_level 'sigma_search.levels=[1.0,0.5,0.25,0.12]' $(DEXPERTS) hydra.run.dir=$(RD)/test/best_level
 	$(PY) certify.py -m $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=grid,cascade '++sigma_search.levels=[1.0,0.5,0.25,0.12]' $(DEXPERTS) hydra.sweep.dir=$(RD)/test/default
 	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=grid sigma_search.p0=$(GRID_P0) '++sigma_search.levels=$(GRID_LEVELS)' $(DEXPERTS) hydra.run.dir=$(RD)/test/grid_chosen
-	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(DIGITS_SELECTOR) $(DEXPERTS) hydra.run.dir=$(RD)/test/selector
+	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(DIGITS_SELECTOR) sigma_search.rule=$(DIGITS_SELECTOR_RULE) $(DEXPERTS) hydra.run.dir=$(RD)/test/selector
 	$(PY) -m insta_rs.compare $(RD)/test --envelope --out $(RD)/test
 
 # Sequential against fixed certification (issue 12), alpha = 0.001, the same 200 inputs each way: digits

@@ -271,7 +271,7 @@ def run(trained: TrainedRun, method: SigmaMethod, method_spec: dict, settings: C
     certifier = Certifier(smooth, method, settings.n0, settings.n, settings.alpha, seed, mode=settings.mode)
     method.prepare(SearchContext(source=trained.source, num_classes=trained.num_classes, device=device,
                                  trained_sigma=trained.trained_sigma, ckpt_path=str(trained.path),
-                                 experts_sha256=experts or None))
+                                 experts_sha256=experts or None, sequential=settings.plan is not None))
     if experts:
         for sigma in getattr(method, "levels", ()):
             model.expert(sigma)  # a level without an expert: one line before any row is written

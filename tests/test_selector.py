@@ -601,6 +601,19 @@ def test_certify_script_with_selector(trained_digits, tmp_path):
     for _, row in rows.iterrows():
         if row["predict"] != -1:
             assert row["radius"] <= min(row["radius_selector"], row["radius_classifier"]) + 1e-6
+    answer = tmp_path / "cert_answer"
+    run_script("certify.py", f"ckpt_path={ckpt}", "sigma_search=selector", f"sigma_search.ckpt_path={selector}",
+               "sigma_search.rule=answer", "sigma_search.selector_alpha=0.25", "certify=fast", "certify.max=3",
+               "certify.progress=false", "logger=none", f"hydra.run.dir={answer}")
+    rows = analysis.read_certification(answer / "certify.tsv")
+    assert len(rows) == 3 and set(rows["guarantee"]) == {"sound"} and rows["levels_certified"].between(1, 3).all()
+    assert (rows["radius"] <= rows["radius_classifier"] + 1e-6).all()
+    refused = run_script("certify.py", f"ckpt_path={ckpt}", "sigma_search=selector",
+                         f"sigma_search.ckpt_path={selector}", "sigma_search.rule=answer", "certify=fast",
+                         "certify.sampling=sequential", "certify.max=1", "logger=none",
+                         f"hydra.run.dir={tmp_path / 'refused'}", check=False)
+    assert refused.returncode == 2 and "certify.sampling=fixed" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
     result = run_script("certify.py", f"ckpt_path={ckpt}", "sigma_search=selector",
                         f"sigma_search.ckpt_path={tmp_path / 'missing.pt'}", "certify=fast", "certify.max=1",
                         "logger=none", f"hydra.run.dir={tmp_path / 'bad'}", check=False)

@@ -56,7 +56,8 @@ class SearchContext:
     """What a method may use besides the input: the data source (its ``split("train")`` for methods
     that look at training inputs), the number of classes, the device, the one sigma the model was trained
     at (None when it was trained across several: ``TrainedRun.trained_sigma``), and the path of the
-    classifier's checkpoint, and {level: SHA-256} of the per-level experts when they replace its model."""
+    classifier's checkpoint, {level: SHA-256} of the per-level experts when they replace its model, and whether
+    the certificates draw in stages (``certify.sampling=sequential``)."""
 
     source: Any = None
     num_classes: int = 0
@@ -64,6 +65,7 @@ class SearchContext:
     trained_sigma: float | None = None
     ckpt_path: str | None = None
     experts_sha256: dict | None = None
+    sequential: bool = False
 
 
 class SigmaMethod:

@@ -64,6 +64,10 @@ from ..smoothing import Smooth, check_certify_settings, noise_sigma
 from .base import RowResult, SearchContext, SigmaChoice, SigmaMethod
 
 
+SEQUENTIAL_ANSWER = ("sigma_search.rule=answer certifies with a fixed number of draws: set certify.sampling=fixed, "
+                     "or use sigma_search.rule=level")
+
+
 def check_levels(levels, setting: str = "levels") -> tuple[float, ...]:
     """The level set Sigma as a sorted tuple of distinct finite numbers > 0; ConfigError naming ``setting``
     otherwise (empty, non-positive, repeated, or not numbers). Level k is always the k-th smallest."""
@@ -121,7 +125,10 @@ class SelectorSigma(SigmaMethod):
 
     def prepare(self, context: SearchContext) -> None:
         """Load the selector (weights only) on context.device; refuse it unless it was trained for the
-        classifier being certified (its recorded SHA-256 equals that of context.ckpt_path)."""
+        classifier being certified (its recorded SHA-256 equals that of context.ckpt_path), and refuse the
+        answer rule with sequential sampling."""
+        if self.rule == "answer" and context.sequential:
+            raise ConfigError(SEQUENTIAL_ANSWER)
         model, record = load_selector(self.ckpt_path, context.device)
         if context.ckpt_path is None:
             raise CheckpointError("the selector method needs the classifier's checkpoint path "
@@ -211,8 +218,7 @@ class SelectorSigma(SigmaMethod):
                        generator: torch.Generator) -> RowResult:
         """Steps 1-3 of the answer rule (module docstring) for one input; ``smooth`` is the base classifier."""
         if smooth.sequential is not None:
-            raise ConfigError("sigma_search.rule=answer certifies with a fixed number of draws: set "
-                              "certify.sampling=fixed, or use sigma_search.rule=level")
+            raise ConfigError(SEQUENTIAL_ANSWER)
         levels, sel_n0, sel_n = self.levels, self.selector_n0 or n0, self.selector_n or n
         share_sel = alpha * self.selector_alpha / len(levels)
         share_cls = alpha * (1.0 - self.selector_alpha) / len(levels)
