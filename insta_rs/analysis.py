@@ -270,14 +270,14 @@ def summarize(df: pd.DataFrame, radii: Sequence[float]) -> dict:
     certified accuracy at r = 0 with abstentions wrong); abstain_rate (fraction with predict = -1);
     seconds_per_input (mean of time over rows with a time; time includes the search); sigma_quantiles
     ({q05, q25, q50, q75, q95} over rows with a finite sigma, else None); guarantee (the rows' label,
-    or "mixed" when they carry several: prefer ``summarize_by_guarantee``).
+    or "mixed" when they carry several: prefer ``summarize_by_guarantee``); limited_by (``limited_by_counts``).
     With no rows every fraction is None."""
     n = int(len(df))
     labels = sorted(set(df["guarantee"].astype(str))) if "guarantee" in df.columns else ["sound"]
     if n == 0:
         return {"rows": 0, "guarantee": labels[0] if len(labels) == 1 else ("mixed" if labels else None),
                 "acr": None, "certified_accuracy": {float(r): None for r in radii}, "clean_accuracy": None,
-                "abstain_rate": None, "seconds_per_input": None, "sigma_quantiles": None}
+                "abstain_rate": None, "seconds_per_input": None, "sigma_quantiles": None, "limited_by": None}
     radius = df["radius"].to_numpy(dtype=float)
     correct = df["correct"].to_numpy()
     seconds = df["time"].to_numpy(dtype=float) if "time" in df.columns else np.full(n, math.nan)
@@ -294,7 +294,18 @@ def summarize(df: pd.DataFrame, radii: Sequence[float]) -> dict:
         "seconds_per_input": float(np.mean(seconds)) if seconds.size else None,
         "sigma_quantiles": ({key: float(np.quantile(sigma, q)) for key, q in SIGMA_QUANTILES.items()}
                             if sigma.size else None),
+        "limited_by": limited_by_counts(df),
     }
+
+
+def limited_by_counts(df: pd.DataFrame) -> dict[str, int] | None:
+    """What limited the radius of the certified rows (predict != ABSTAIN), for methods that write a
+    ``limited_by`` column (the finite-set rules' ``lower@k`` / ``upper@k`` counted by kind, the selector's
+    ``selector`` / ``classifier`` / ``rival``): {kind: rows}, largest first; None without the column."""
+    if "limited_by" not in df.columns:
+        return None
+    kinds = df.loc[df["predict"] != ABSTAIN, "limited_by"].astype(str).str.partition("@")[0]
+    return {str(kind): int(count) for kind, count in kinds.value_counts().items()}
 
 
 def summarize_by_guarantee(df: pd.DataFrame, radii: Sequence[float]) -> dict[str, dict]:
@@ -527,7 +538,7 @@ def _guarantee_rank(label: str) -> tuple[int, str]:
 def comparison_table(runs: Sequence[tuple[str, pd.DataFrame]], radii: Sequence[float]) -> pd.DataFrame:
     """One row per (run, guarantee label) for several runs (ALGORITHMS.md sections 3 and 5): columns run,
     guarantee, rows, acr, ``acc@r`` for each r of ``radii``, clean_accuracy, abstain_rate, seconds_per_input,
-    each from ``summarize_by_guarantee`` of that run's frame (so the numbers are ``analyze``'s).
+    limited_by (e.g. "selector 120, classifier 40"; None for methods without the column), each from ``summarize_by_guarantee`` of that run's frame (so the numbers are ``analyze``'s).
     ``runs``: (label, certification frame) pairs. Rows are ordered by guarantee (sound, memory, instance,
     then any other label), then in the order given, so rows of one guarantee stand together and a row never
     sits among rows of another guarantee without its label. Fractions are None where undefined."""
@@ -539,10 +550,12 @@ def comparison_table(runs: Sequence[tuple[str, pd.DataFrame]], radii: Sequence[f
                 "run": label, "guarantee": guarantee, "rows": int(s["rows"]), "acr": s["acr"],
                 **{f"acc@{float(r):g}": acc.get(round(float(r), 9)) for r in radii},
                 "clean_accuracy": s["clean_accuracy"], "abstain_rate": s["abstain_rate"],
-                "seconds_per_input": s["seconds_per_input"], "_order": (_guarantee_rank(guarantee), position),
+                "seconds_per_input": s["seconds_per_input"],
+                "limited_by": ", ".join(f"{k} {v}" for k, v in s["limited_by"].items()) if s["limited_by"] else None,
+                "_order": (_guarantee_rank(guarantee), position),
             })
     columns = ["run", "guarantee", "rows", "acr", *(f"acc@{float(r):g}" for r in radii), "clean_accuracy",
-               "abstain_rate", "seconds_per_input"]
+               "abstain_rate", "seconds_per_input", "limited_by"]
     records.sort(key=lambda record: record.pop("_order"))
     return pd.DataFrame.from_records(records, columns=columns)
 
@@ -618,14 +631,15 @@ def _fmt_seconds(value) -> str:
 
 def comparison_markdown(table: pd.DataFrame, radii: Sequence[float]) -> str:
     """``comparison_table`` as markdown: run | guarantee | rows | ACR | acc@r ... | clean acc | abstain |
-    s/input, fractions to 3 decimals, seconds to 3 significant digits, "-" where undefined. When the rows
+    s/input | limited by, fractions to 3 decimals, seconds to 3 significant digits, "-" where undefined. When the rows
     carry more than one guarantee label, a note under the table says they are not to be ranked together."""
     acc_columns = [f"acc@{float(r):g}" for r in radii]
-    head = ["run", "guarantee", "rows", "ACR", *acc_columns, "clean acc", "abstain", "s/input"]
+    head = ["run", "guarantee", "rows", "ACR", *acc_columns, "clean acc", "abstain", "s/input", "limited by"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for row in table.to_dict("records"):
         cells = [str(row["run"]).replace("|", "\\|"), str(row["guarantee"]), str(int(row["rows"])), _fmt(row["acr"]),
                  *(_fmt(row[c]) for c in acc_columns), _fmt(row["clean_accuracy"]), _fmt(row["abstain_rate"]),
-                 _fmt_seconds(row["seconds_per_input"])]
+                 _fmt_seconds(row["seconds_per_input"]),
+                 row["limited_by"] if isinstance(row.get("limited_by"), str) else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n" + guarantee_note(table["guarantee"])

@@ -434,3 +434,18 @@ def test_reads_what_the_certification_log_writes(tmp_path):
     assert by["instance"]["certified_accuracy"] == {0.0: 1.0, 0.5: 1.0}
     assert by["sound"]["abstain_rate"] == 1.0 and by["sound"]["sigma_quantiles"] is None
     assert by["instance"]["seconds_per_input"] == 0.75
+
+
+def test_limited_by_counts_certified_rows_by_kind():
+    """What limited each certified row, counted by kind (``upper@2`` counts as ``upper``); abstentions are
+    left out; a method without the column has None; the comparison table shows the counts."""
+    import pandas as pd
+
+    df = pd.DataFrame({"idx": range(5), "label": [0] * 5, "predict": [0, 0, -1, 0, 1],
+                       "radius": [0.3, 0.2, 0.0, 0.1, 0.4], "correct": [1, 1, 0, 1, 0], "time": [0.1] * 5,
+                       "limited_by": ["upper@2", "lower@0", "upper@1", "upper@0", "selector"]})
+    assert analysis.limited_by_counts(df) == {"upper": 2, "lower": 1, "selector": 1}
+    assert analysis.limited_by_counts(df.drop(columns="limited_by")) is None
+    table = analysis.comparison_table([("a", df), ("b", df.drop(columns="limited_by"))], (0.0,))
+    markdown = analysis.comparison_markdown(table, (0.0,))
+    assert "| upper 2, lower 1, selector 1 |" in markdown and markdown.splitlines()[3].endswith("| - |")
