@@ -127,21 +127,23 @@ results-cifar-jpg-selector-val: install
 results-cifar-jpg-selector: install
 	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTOR) sigma_search.rule=$(CIFAR_SELECTOR_RULE) $(EXPERTS) hydra.run.dir=$(RC)/certify/experts/selector_chosen
 
-# The selector against noise on the CIFAR JPEG subset (issue 15), as on digits: sigma_sel 0.25 / 0.5 / 1.0 x pool
-# 1 / 2 x consistency 0 / 40 (job i = 4 i_sigma + 2 i_pool + i_consistency; 16 label draws per level and
-# training image), each certified on the validation split (every 10th image, n = 1,000) with the level and the
-# answer rule beside the experts' fixed sigma and best_level; then the val choice on results-cifar-jpg's test
-# inputs (CIFAR_SELECTOR, CIFAR_SELECTOR_RULE).
+# The selector against noise on the CIFAR JPEG subset (issue 15), a corner of the digits sweep (CPU time): sigma_sel
+# 0.25 / 1.0, plain and with pool 2 + consistency 40; 16 label draws per level and training image; each
+# certified on the validation split (every 10th image, n = 1,000) with the answer and the level rule beside the
+# experts' fixed sigma and best_level; then the val choice on results-cifar-jpg's test inputs (CIFAR_SELECTOR,
+# CIFAR_SELECTOR_RULE).
 CSN := $(RC)/train/selector_noise
-CIFAR_SELECTORS := $(subst $(space),$(comma),$(foreach i,0 1 2 3 4 5 6 7 8 9 10 11,$(CSN)/$(i)/selector.pt))
+CIFAR_SELECTORS := $(CSN)/plain/0/selector.pt,$(CSN)/plain/1/selector.pt,$(CSN)/lowpass/0/selector.pt,$(CSN)/lowpass/1/selector.pt
 CIFAR_SELECTOR_RULE ?= answer
+CIFAR_SEL_TRAIN := train=selector base_ckpt=$(G)/1/checkpoints/last.ckpt 'experts=$(EXPERT_MAP)' selector.draws=16 logger=csv
 results-cifar-jpg-selector-noise-train: install
-	$(PY) train.py -m train=selector base_ckpt=$(G)/1/checkpoints/last.ckpt 'experts=$(EXPERT_MAP)' selector.draws=16 selector.sigma=0.25,0.5,1.0 selector.pool=1,2 selector.consistency=0,40 logger=csv hydra.sweep.dir=$(CSN)
+	$(PY) train.py -m $(CIFAR_SEL_TRAIN) selector.sigma=0.25,1.0 hydra.sweep.dir=$(CSN)/plain
+	$(PY) train.py -m $(CIFAR_SEL_TRAIN) selector.sigma=0.25,1.0 selector.pool=2 selector.consistency=40 hydra.sweep.dir=$(CSN)/lowpass
 
 results-cifar-jpg-selector-noise-val: install
 	$(PY) certify.py -m $(CERTCV) ckpt_path=$(G)/0/checkpoints/last.ckpt,$(G)/1/checkpoints/last.ckpt,$(G)/2/checkpoints/last.ckpt,$(G)/3/checkpoints/last.ckpt hydra.sweep.dir=$(RC)/levers/val_fixed
 	$(PY) certify.py $(CERTCV) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=best_level '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/levers/val_best_level
-	$(PY) certify.py -m $(CERTCV) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTORS) sigma_search.rule=level,answer $(EXPERTS) hydra.sweep.dir=$(RC)/levers/val_selector_noise
+	$(PY) certify.py -m $(CERTCV) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTORS) sigma_search.rule=answer,level $(EXPERTS) hydra.sweep.dir=$(RC)/levers/val_selector_noise
 	$(PY) -m insta_rs.compare $(RC)/levers/val_fixed $(RC)/levers/val_best_level $(RC)/levers/val_selector_noise --dataset cifar10 --envelope --out $(RC)/levers/val_selector_noise
 
 # Sound instance-wise rules with one expert per level on digits (issue 15): four Gaussian experts (sigma 0.12,
@@ -176,7 +178,10 @@ SN := $(RD)/train/selector_noise
 comma := ,
 empty :=
 space := $(empty) $(empty)
-DIGITS_SELECTORS := $(subst $(space),$(comma),$(foreach i,0 1 2 3 4 5 6 7 8 9 10 11,$(SN)/$(i)/selector.pt))
+# certified: the corners (pool and consistency both off or both on) with both rules, then the other six (pool
+# alone, consistency alone) with the answer rule (results-digits-selector-noise-val-rest; CPU time)
+DIGITS_SELECTORS := $(subst $(space),$(comma),$(foreach i,0 3 4 7 8 11,$(SN)/$(i)/selector.pt))
+DIGITS_SELECTORS_REST := $(subst $(space),$(comma),$(foreach i,1 2 5 6 9 10,$(SN)/$(i)/selector.pt))
 DIGITS_SELECTOR_RULE ?= answer
 results-digits-selector-noise-train: install
 	$(PY) train.py -m train=selector base_ckpt=$(DX)/1/checkpoints/last.ckpt 'experts=$(DEXPERT_MAP)' selector.sigma=0.25,0.5,1.0 selector.pool=1,2 selector.consistency=0,40 logger=csv hydra.sweep.dir=$(SN)
@@ -184,8 +189,23 @@ results-digits-selector-noise-train: install
 results-digits-selector-noise-val: install
 	$(PY) certify.py -m $(DVAL) ckpt_path=$(DX)/0/checkpoints/last.ckpt,$(DX)/1/checkpoints/last.ckpt,$(DX)/2/checkpoints/last.ckpt,$(DX)/3/checkpoints/last.ckpt hydra.sweep.dir=$(RD)/val/fixed
 	$(PY) certify.py $(DVAL) sigma_search=best_level 'sigma_search.levels=[1.0,0.5,0.25,0.12]' $(DEXPERTS) hydra.run.dir=$(RD)/val/best_level
-	$(PY) certify.py -m $(DVAL) sigma_search=selector sigma_search.ckpt_path=$(DIGITS_SELECTORS) sigma_search.rule=level,answer $(DEXPERTS) hydra.sweep.dir=$(RD)/val/selector_noise
+	$(PY) certify.py -m $(DVAL) sigma_search=selector sigma_search.ckpt_path=$(DIGITS_SELECTORS) sigma_search.rule=answer $(DEXPERTS) hydra.sweep.dir=$(RD)/val/selector_noise/answer
+	$(PY) certify.py -m $(DVAL) sigma_search=selector sigma_search.ckpt_path=$(DIGITS_SELECTORS) sigma_search.rule=level $(DEXPERTS) hydra.sweep.dir=$(RD)/val/selector_noise/level
 	$(PY) -m insta_rs.compare $(RD)/val/fixed $(RD)/val/best_level $(RD)/val/selector_noise --envelope --out $(RD)/val/selector_noise
+
+results-digits-selector-noise-val-rest: install
+	$(PY) certify.py -m $(DVAL) sigma_search=selector sigma_search.ckpt_path=$(DIGITS_SELECTORS_REST) sigma_search.rule=answer $(DEXPERTS) hydra.sweep.dir=$(RD)/val/selector_noise/answer_rest
+
+# The level set chosen from data (issue 15): only 0.25 and 0.5 reach the experts' envelope on the validation
+# split (results-digits-selector-noise-val's fixed rows), so a selector between those two alone: sigma_sel 0.5 /
+# 1.0, plain and with pool 2 + consistency 40, certified with the answer rule on val.
+S2 := $(RD)/train/selector_two_levels
+S2_TRAIN := train=selector base_ckpt=$(DX)/1/checkpoints/last.ckpt 'experts=$(DEXPERT_MAP)' 'selector.levels=[0.25,0.5]' logger=csv
+DIGITS_TWO_LEVELS := $(S2)/plain/0/selector.pt,$(S2)/plain/1/selector.pt,$(S2)/lowpass/0/selector.pt,$(S2)/lowpass/1/selector.pt
+results-digits-selector-two-levels: install
+	$(PY) train.py -m $(S2_TRAIN) selector.sigma=0.5,1.0 hydra.sweep.dir=$(S2)/plain
+	$(PY) train.py -m $(S2_TRAIN) selector.sigma=0.5,1.0 selector.pool=2 selector.consistency=40 hydra.sweep.dir=$(S2)/lowpass
+	$(PY) certify.py -m $(DVAL) sigma_search=selector sigma_search.ckpt_path=$(DIGITS_TWO_LEVELS) sigma_search.rule=answer $(DEXPERTS) hydra.sweep.dir=$(RD)/val/selector_two_levels
 
 results-digits-experts-val: results-digits-experts-val-selector results-digits-experts-val-finite
 	$(PY) -m insta_rs.compare $(RD)/val --out $(RD)/val
