@@ -140,6 +140,14 @@ results-cifar-jpg-selector-noise-train: install
 	$(PY) train.py -m $(CIFAR_SEL_TRAIN) selector.sigma=0.25,1.0 hydra.sweep.dir=$(CSN)/plain
 	$(PY) train.py -m $(CIFAR_SEL_TRAIN) selector.sigma=0.25,1.0 selector.pool=2 selector.consistency=40 hydra.sweep.dir=$(CSN)/lowpass
 
+# The test split for issue 15's table: the four experts' fixed sigma (their envelope), best_level (the ceiling) and
+# the selector chosen on val, on results-cifar-jpg's test inputs, compared with --envelope.
+results-cifar-jpg-experts-test: install
+	$(PY) certify.py -m $(CERTC) ckpt_path=$(G)/0/checkpoints/last.ckpt,$(G)/1/checkpoints/last.ckpt,$(G)/2/checkpoints/last.ckpt,$(G)/3/checkpoints/last.ckpt hydra.sweep.dir=$(RC)/test_experts/fixed
+	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=best_level '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/test_experts/best_level
+	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTOR) sigma_search.rule=$(CIFAR_SELECTOR_RULE) $(EXPERTS) hydra.run.dir=$(RC)/test_experts/selector
+	$(PY) -m insta_rs.compare $(RC)/test_experts --dataset cifar10 --envelope --out $(RC)/test_experts
+
 results-cifar-jpg-selector-noise-val: install
 	$(PY) certify.py -m $(CERTCV) ckpt_path=$(G)/0/checkpoints/last.ckpt,$(G)/1/checkpoints/last.ckpt,$(G)/2/checkpoints/last.ckpt,$(G)/3/checkpoints/last.ckpt hydra.sweep.dir=$(RC)/levers/val_fixed
 	$(PY) certify.py $(CERTCV) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=best_level '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/levers/val_best_level
@@ -206,6 +214,13 @@ results-digits-selector-two-levels: install
 	$(PY) train.py -m $(S2_TRAIN) selector.sigma=0.5,1.0 hydra.sweep.dir=$(S2)/plain
 	$(PY) train.py -m $(S2_TRAIN) selector.sigma=0.5,1.0 selector.pool=2 selector.consistency=40 hydra.sweep.dir=$(S2)/lowpass
 	$(PY) certify.py -m $(DVAL) sigma_search=selector sigma_search.ckpt_path=$(DIGITS_TWO_LEVELS) sigma_search.rule=answer $(DEXPERTS) hydra.sweep.dir=$(RD)/val/selector_two_levels
+
+# The alpha split between the selector and the classifier (issue 15): the answer rule spends (1 - selector_alpha)
+# alpha / K on each level's classifier bound; a confident selector needs little of alpha, so selector_alpha 0.1
+# for the selectors that did best on val with the default 0.5.
+DIGITS_ALPHA_SELECTORS := $(SN)/7/selector.pt,$(S2)/lowpass/0/selector.pt,$(S2)/lowpass/1/selector.pt
+results-digits-selector-alpha: install
+	$(PY) certify.py -m $(DVAL) sigma_search=selector sigma_search.ckpt_path=$(DIGITS_ALPHA_SELECTORS) sigma_search.rule=answer,level sigma_search.selector_alpha=0.1 $(DEXPERTS) hydra.sweep.dir=$(RD)/val/selector_alpha
 
 results-digits-experts-val: results-digits-experts-val-selector results-digits-experts-val-finite
 	$(PY) -m insta_rs.compare $(RD)/val --out $(RD)/val
