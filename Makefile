@@ -129,12 +129,13 @@ results-cifar-jpg-selector: install
 
 # The selector against noise on the CIFAR JPEG subset (issue 15), a corner of the digits sweep (CPU time): sigma_sel
 # 0.25 / 1.0, plain and with pool 2 + consistency 40; 16 label draws per level and training image; each
-# certified on the validation split (every 10th image, n = 1,000) with the answer and the level rule beside the
-# experts' fixed sigma and best_level; then the val choice on results-cifar-jpg's test inputs (CIFAR_SELECTOR,
+# certified on the validation split (every 10th image, n = 1,000) with the answer rule (the first also with the
+# level rule) beside the experts' fixed sigma and best_level; then the val choice on results-cifar-jpg's test inputs (CIFAR_SELECTOR,
 # CIFAR_SELECTOR_RULE).
 CSN := $(RC)/train/selector_noise
 CIFAR_SELECTORS := $(CSN)/plain/0/selector.pt,$(CSN)/plain/1/selector.pt,$(CSN)/lowpass/0/selector.pt,$(CSN)/lowpass/1/selector.pt
 CIFAR_SELECTOR_RULE ?= answer
+CIFAR_SELECTOR_ALPHA ?= 0.5
 CIFAR_SEL_TRAIN := train=selector base_ckpt=$(G)/1/checkpoints/last.ckpt 'experts=$(EXPERT_MAP)' selector.draws=16 logger=csv
 results-cifar-jpg-selector-noise-train: install
 	$(PY) train.py -m $(CIFAR_SEL_TRAIN) selector.sigma=0.25,1.0 hydra.sweep.dir=$(CSN)/plain
@@ -145,13 +146,14 @@ results-cifar-jpg-selector-noise-train: install
 results-cifar-jpg-experts-test: install
 	$(PY) certify.py -m $(CERTC) ckpt_path=$(G)/0/checkpoints/last.ckpt,$(G)/1/checkpoints/last.ckpt,$(G)/2/checkpoints/last.ckpt,$(G)/3/checkpoints/last.ckpt hydra.sweep.dir=$(RC)/test_experts/fixed
 	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=best_level '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/test_experts/best_level
-	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTOR) sigma_search.rule=$(CIFAR_SELECTOR_RULE) $(EXPERTS) hydra.run.dir=$(RC)/test_experts/selector
+	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTOR) sigma_search.rule=$(CIFAR_SELECTOR_RULE) sigma_search.selector_alpha=$(CIFAR_SELECTOR_ALPHA) $(EXPERTS) hydra.run.dir=$(RC)/test_experts/selector
 	$(PY) -m insta_rs.compare $(RC)/test_experts --dataset cifar10 --envelope --out $(RC)/test_experts
 
 results-cifar-jpg-selector-noise-val: install
 	$(PY) certify.py -m $(CERTCV) ckpt_path=$(G)/0/checkpoints/last.ckpt,$(G)/1/checkpoints/last.ckpt,$(G)/2/checkpoints/last.ckpt,$(G)/3/checkpoints/last.ckpt hydra.sweep.dir=$(RC)/levers/val_fixed
 	$(PY) certify.py $(CERTCV) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=best_level '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/levers/val_best_level
-	$(PY) certify.py -m $(CERTCV) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTORS) sigma_search.rule=answer,level $(EXPERTS) hydra.sweep.dir=$(RC)/levers/val_selector_noise
+	$(PY) certify.py -m $(CERTCV) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTORS) sigma_search.rule=answer $(EXPERTS) hydra.sweep.dir=$(RC)/levers/val_selector_noise/answer
+	$(PY) certify.py $(CERTCV) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CSN)/plain/0/selector.pt sigma_search.rule=level $(EXPERTS) hydra.run.dir=$(RC)/levers/val_selector_noise/level
 	$(PY) -m insta_rs.compare $(RC)/levers/val_fixed $(RC)/levers/val_best_level $(RC)/levers/val_selector_noise --dataset cifar10 --envelope --out $(RC)/levers/val_selector_noise
 
 # Sound instance-wise rules with one expert per level on digits (issue 15): four Gaussian experts (sigma 0.12,
@@ -186,11 +188,13 @@ SN := $(RD)/train/selector_noise
 comma := ,
 empty :=
 space := $(empty) $(empty)
-# certified: the corners (pool and consistency both off or both on) with both rules, then the other six (pool
-# alone, consistency alone) with the answer rule (results-digits-selector-noise-val-rest; CPU time)
+# certified: the corners (pool and consistency both off or both on) with the answer and the level rule, then the
+# other six (pool alone, consistency alone) with the answer rule
+# (results-digits-selector-noise-val-rest; CPU time)
 DIGITS_SELECTORS := $(subst $(space),$(comma),$(foreach i,0 3 4 7 8 11,$(SN)/$(i)/selector.pt))
 DIGITS_SELECTORS_REST := $(subst $(space),$(comma),$(foreach i,1 2 5 6 9 10,$(SN)/$(i)/selector.pt))
 DIGITS_SELECTOR_RULE ?= answer
+DIGITS_SELECTOR_ALPHA ?= 0.5
 results-digits-selector-noise-train: install
 	$(PY) train.py -m train=selector base_ckpt=$(DX)/1/checkpoints/last.ckpt 'experts=$(DEXPERT_MAP)' selector.sigma=0.25,0.5,1.0 selector.pool=1,2 selector.consistency=0,40 logger=csv hydra.sweep.dir=$(SN)
 
@@ -218,7 +222,7 @@ results-digits-selector-two-levels: install
 # The alpha split between the selector and the classifier (issue 15): the answer rule spends (1 - selector_alpha)
 # alpha / K on each level's classifier bound; a confident selector needs little of alpha, so selector_alpha 0.1
 # for the selectors that did best on val with the default 0.5.
-DIGITS_ALPHA_SELECTORS := $(SN)/7/selector.pt,$(S2)/lowpass/0/selector.pt,$(S2)/lowpass/1/selector.pt
+DIGITS_ALPHA_SELECTORS := $(SN)/11/selector.pt,$(S2)/lowpass/0/selector.pt,$(S2)/lowpass/1/selector.pt
 results-digits-selector-alpha: install
 	$(PY) certify.py -m $(DVAL) sigma_search=selector sigma_search.ckpt_path=$(DIGITS_ALPHA_SELECTORS) sigma_search.rule=answer,level sigma_search.selector_alpha=0.1 $(DEXPERTS) hydra.sweep.dir=$(RD)/val/selector_alpha
 
@@ -237,7 +241,7 @@ results-digits-experts: install
 	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=best_level 'sigma_search.levels=[1.0,0.5,0.25,0.12]' $(DEXPERTS) hydra.run.dir=$(RD)/test/best_level
 	$(PY) certify.py -m $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=grid,cascade '++sigma_search.levels=[1.0,0.5,0.25,0.12]' $(DEXPERTS) hydra.sweep.dir=$(RD)/test/default
 	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=grid sigma_search.p0=$(GRID_P0) '++sigma_search.levels=$(GRID_LEVELS)' $(DEXPERTS) hydra.run.dir=$(RD)/test/grid_chosen
-	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(DIGITS_SELECTOR) sigma_search.rule=$(DIGITS_SELECTOR_RULE) $(DEXPERTS) hydra.run.dir=$(RD)/test/selector
+	$(PY) certify.py $(DTEST) ckpt_path=$(DX)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(DIGITS_SELECTOR) sigma_search.rule=$(DIGITS_SELECTOR_RULE) sigma_search.selector_alpha=$(DIGITS_SELECTOR_ALPHA) $(DEXPERTS) hydra.run.dir=$(RD)/test/selector
 	$(PY) -m insta_rs.compare $(RD)/test --envelope --out $(RD)/test
 
 # Sequential against fixed certification (issue 12), alpha = 0.001, the same 200 inputs each way: digits
