@@ -170,8 +170,11 @@ DTEST := certify=demo certify.n=2000 certify.skip=2 certify.progress=false logge
 # p0 0.5 and 0.6) before it had to stop, so only grid's p0 is a validation choice (README)
 GRID_P0 ?= 0.6
 GRID_LEVELS ?= [0.5,0.25,0.12]
-# the selector certified on the test split (a selector.pt of results-digits-experts-train), chosen on val
-DIGITS_SELECTOR ?= $(RD)/train/selector/0/selector.pt
+# the selector certified on the test split, its rule and alpha share, chosen on val (issue 15's ablation: the
+# best ACR and certified accuracy at r = 0.5 on val, results-digits-selector-alpha's level-rule row)
+DIGITS_SELECTOR ?= $(SN)/11/selector.pt
+DIGITS_SELECTOR_RULE ?= level
+DIGITS_SELECTOR_ALPHA ?= 0.1
 # Selectors: sigma_sel 0.25, 0.5, 1.0 on the default labels (32 draws); then, at sigma_sel 0.5, labels from 128
 # draws per level with drop_unreached x balance_levels (jobs 0-3: off/off, off/on, on/off, on/on).
 SL := $(RD)/train/selector_levers
@@ -193,8 +196,6 @@ space := $(empty) $(empty)
 # (results-digits-selector-noise-val-rest; CPU time)
 DIGITS_SELECTORS := $(subst $(space),$(comma),$(foreach i,0 3 4 7 8 11,$(SN)/$(i)/selector.pt))
 DIGITS_SELECTORS_REST := $(subst $(space),$(comma),$(foreach i,1 2 5 6 9 10,$(SN)/$(i)/selector.pt))
-DIGITS_SELECTOR_RULE ?= answer
-DIGITS_SELECTOR_ALPHA ?= 0.5
 results-digits-selector-noise-train: install
 	$(PY) train.py -m train=selector base_ckpt=$(DX)/1/checkpoints/last.ckpt 'experts=$(DEXPERT_MAP)' selector.sigma=0.25,0.5,1.0 selector.pool=1,2 selector.consistency=0,40 logger=csv hydra.sweep.dir=$(SN)
 
