@@ -103,9 +103,10 @@ results-cifar-jpg-certify: install
 # level), chosen on the validation split (every 10th of its
 # 1,000 images, n = 1,000), then the choice on results-cifar-jpg's test inputs.
 CERTCV := certify.split=val certify.n0=100 certify.n=$(CIFAR_N) certify.skip=10 certify.progress=false logger=none
+# the val choice of results-cifar-jpg-cascade-val (ACR 0.302 on val)
 CIFAR_RULE ?= cascade
 CIFAR_P0 ?= 0.5
-CIFAR_RULE_LEVELS ?= $(LEVELS)
+CIFAR_RULE_LEVELS ?= [0.25,0.5,1.0]
 results-cifar-jpg-levers-val: install
 	$(PY) certify.py -m $(CERTCV) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=grid,cascade sigma_search.p0=0.5,0.7,0.9 '++sigma_search.levels=$(LEVELS),[0.25,0.5,1.0]' $(EXPERTS) hydra.sweep.dir=$(RC)/levers/val
 	$(PY) -m insta_rs.compare $(RC)/levers/val --dataset cifar10 --out $(RC)/levers/val
@@ -139,6 +140,8 @@ results-cifar-jpg-selector: install
 # CIFAR_SELECTOR_RULE).
 CSN := $(RC)/train/selector_noise
 CIFAR_SELECTORS := $(CSN)/plain/0/selector.pt,$(CSN)/plain/1/selector.pt,$(CSN)/lowpass/0/selector.pt,$(CSN)/lowpass/1/selector.pt
+# the val choice of results-cifar-jpg-selector-noise-val (sigma_sel 1.0, plain; ACR 0.169 on val)
+CIFAR_SELECTOR_TEST ?= $(CSN)/plain/1/selector.pt
 CIFAR_SELECTOR_RULE ?= answer
 CIFAR_SELECTOR_ALPHA ?= 0.5
 CIFAR_SEL_TRAIN := train=selector base_ckpt=$(G)/1/checkpoints/last.ckpt 'experts=$(EXPERT_MAP)' selector.draws=16 logger=csv
@@ -146,12 +149,13 @@ results-cifar-jpg-selector-noise-train: install
 	$(PY) train.py -m $(CIFAR_SEL_TRAIN) selector.sigma=0.25,1.0 hydra.sweep.dir=$(CSN)/plain
 	$(PY) train.py -m $(CIFAR_SEL_TRAIN) selector.sigma=0.25,1.0 selector.pool=2 selector.consistency=40 hydra.sweep.dir=$(CSN)/lowpass
 
-# The test split for issue 15's table: the four experts' fixed sigma (their envelope), best_level (the ceiling) and
-# the selector chosen on val, on results-cifar-jpg's test inputs, compared with --envelope.
+# The test split for issue 15's table: the four experts' fixed sigma (their envelope), best_level (the ceiling),
+# the selector and the finite-set rule chosen on val, on results-cifar-jpg's test inputs, compared with --envelope.
 results-cifar-jpg-experts-test: install
 	$(PY) certify.py -m $(CERTC) ckpt_path=$(G)/0/checkpoints/last.ckpt,$(G)/1/checkpoints/last.ckpt,$(G)/2/checkpoints/last.ckpt,$(G)/3/checkpoints/last.ckpt hydra.sweep.dir=$(RC)/test_experts/fixed
 	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=best_level '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/test_experts/best_level
-	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTOR) sigma_search.rule=$(CIFAR_SELECTOR_RULE) sigma_search.selector_alpha=$(CIFAR_SELECTOR_ALPHA) $(EXPERTS) hydra.run.dir=$(RC)/test_experts/selector
+	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTOR_TEST) sigma_search.rule=$(CIFAR_SELECTOR_RULE) sigma_search.selector_alpha=$(CIFAR_SELECTOR_ALPHA) $(EXPERTS) hydra.run.dir=$(RC)/test_experts/selector
+	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=$(CIFAR_RULE) sigma_search.p0=$(CIFAR_P0) '++sigma_search.levels=$(CIFAR_RULE_LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/test_experts/finite_rule
 	$(PY) -m insta_rs.compare $(RC)/test_experts --dataset cifar10 --envelope --out $(RC)/test_experts
 
 results-cifar-jpg-selector-noise-val: install
