@@ -4,6 +4,7 @@
 - ``finite_set``: the cascade and best-level radii over fixed noise levels and their alpha split (SOUND.md 3a).
 - ``memory``: memory-based consistency over the processed rows (ALGORITHMS.md 3b; guarantee ``memory``).
 - ``semi_elastic``: the sound radius of an r-semi-elastic sigma(x) (SOUND.md 3c).
+- ``selector``: the switch radii and the radius of the selector's answer rule (README "Guarantees" 3f).
 """
 
 from .bounds import (
