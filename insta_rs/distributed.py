@@ -110,7 +110,8 @@ class CertificationModule(pl.LightningModule):
 class RowWriter(BasePredictionWriter):
     """Appends each batch's rows to ``certify.tsv`` of ``run_dir`` on one rank, to ``shards/rank{r}.tsv`` on
     several (a ``CertificationLog``: flushed per row, resumable, settings-checked). ``progress`` (rank 0
-    only) is told about every row that rank writes."""
+    only) is told about every row that rank writes. After a SIGTERM (a preemption, ``kill``) it stops the run
+    once the batch's rows are written, with one line and exit status 1, so a rerun resumes where it stopped."""
 
     def __init__(self, tsv_path: str | Path, settings: dict | None = None, columns: Sequence[str] = (),
                  progress: "Progress | None" = None):
@@ -129,6 +130,9 @@ class RowWriter(BasePredictionWriter):
             self.log.append(row)
             if self.progress is not None and trainer.is_global_zero:
                 self.progress.advance(row)
+        if trainer.received_sigterm:  # Lightning's prediction loop only notes a SIGTERM; stop after this batch
+            raise SystemExit(f"certification stopped by SIGTERM; its complete rows are in {self.log.path}: rerun "
+                             "the same command to resume")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if self.log is not None:

@@ -48,3 +48,33 @@ def test_sigkill_then_rerun_gives_identical_rows(trained_digits, tmp_path, searc
     b = pd.read_csv(killed / "certify.tsv", sep="\t")
     assert list(b["idx"]) == sorted(set(b["idx"])), "rows duplicated or out of order after the resume"
     pd.testing.assert_frame_equal(a[ROW_COLUMNS], b[ROW_COLUMNS])
+
+
+def test_sigterm_stops_certification_and_the_rerun_resumes(trained_digits, tmp_path):
+    """A SIGTERM (preemption, ``kill``) stops certify.py after the rows of the current batch, with one line and
+    exit status 1 (Lightning's prediction loop alone would go on to the end); the same command then resumes and
+    completes the file with every input once."""
+    from insta_rs import analysis
+
+    out = tmp_path / "cert"
+    args = [f"ckpt_path={trained_digits / 'checkpoints' / 'last.ckpt'}", "certify=fast", "certify.max=60",
+            "certify.n=20000", "certify.batch_size=2000", "certify.progress=false", "logger=none",
+            f"hydra.run.dir={out}"]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "certify.py"), *args], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tsv = out / "certify.tsv"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if tsv.exists() and len(tsv.read_text().splitlines()) >= 2:  # the header and a first row
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "certification ended before it could be stopped"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1 and "stopped by SIGTERM" in stderr and "rerun" in stderr
+    done = len(analysis.read_certification(tsv))
+    assert 1 <= done < 60
+    run_script("certify.py", *args)
+    rows = analysis.read_certification(tsv)
+    assert len(rows) == 60 and rows["idx"].is_unique
