@@ -304,7 +304,7 @@ def limited_by_counts(df: pd.DataFrame) -> dict[str, int] | None:
     ``selector`` / ``classifier`` / ``rival``): {kind: rows}, largest first; None without the column."""
     if "limited_by" not in df.columns:
         return None
-    kinds = df.loc[df["predict"] != ABSTAIN, "limited_by"].astype(str).str.partition("@")[0]
+    kinds = df.loc[df["predict"] != ABSTAIN, "limited_by"].astype(str).map(lambda value: value.partition("@")[0])
     return {str(kind): int(count) for kind, count in kinds.value_counts().items()}
 
 

@@ -446,6 +446,7 @@ def test_limited_by_counts_certified_rows_by_kind():
                        "limited_by": ["upper@2", "lower@0", "upper@1", "upper@0", "selector"]})
     assert analysis.limited_by_counts(df) == {"upper": 2, "lower": 1, "selector": 1}
     assert analysis.limited_by_counts(df.drop(columns="limited_by")) is None
+    assert analysis.limited_by_counts(df.assign(predict=-1)) == {}  # every row abstained
     table = analysis.comparison_table([("a", df), ("b", df.drop(columns="limited_by"))], (0.0,))
     markdown = analysis.comparison_markdown(table, (0.0,))
     assert "| upper 2, lower 1, selector 1 |" in markdown and markdown.splitlines()[3].endswith("| - |")
