@@ -538,7 +538,8 @@ def _guarantee_rank(label: str) -> tuple[int, str]:
 def comparison_table(runs: Sequence[tuple[str, pd.DataFrame]], radii: Sequence[float]) -> pd.DataFrame:
     """One row per (run, guarantee label) for several runs (ALGORITHMS.md sections 3 and 5): columns run,
     guarantee, rows, acr, ``acc@r`` for each r of ``radii``, clean_accuracy, abstain_rate, seconds_per_input,
-    limited_by (e.g. "selector 120, classifier 40"; None for methods without the column), each from ``summarize_by_guarantee`` of that run's frame (so the numbers are ``analyze``'s).
+    limited_by (e.g. "selector 120, classifier 40"; None for methods without the column), each from
+    ``summarize_by_guarantee`` of that run's frame (so the numbers are ``analyze``'s).
     ``runs``: (label, certification frame) pairs. Rows are ordered by guarantee (sound, memory, instance,
     then any other label), then in the order given, so rows of one guarantee stand together and a row never
     sits among rows of another guarantee without its label. Fractions are None where undefined."""
