@@ -58,6 +58,24 @@ def test_floor_never_rounds_up():
     assert math.isnan(floor_to(float("nan")))
 
 
+def test_floor_never_exceeds_values_just_below_a_multiple_of_its_step():
+    """Just below k * 1e-6, ``value * 1e6`` can round up to k: the result must still not exceed the value, and
+    must be the multiple below it (k - 1) * 1e-6, a value a file writes back exactly."""
+    assert floor_to(2.9300829999999998) == 2.930082
+    rng = np.random.default_rng(1)
+    ks = np.concatenate([np.arange(1, 20_001), rng.integers(1, 5_000_000, size=20_000)])
+    rounded_up_naively = 0
+    for k in ks.tolist():
+        value = k / 1e6
+        for _ in range(3):  # one, two and three units in the last place below k * 1e-6
+            value = math.nextafter(value, 0.0)
+            result = floor_to(value)
+            assert result <= value, (k, value, result)
+            assert result == (k - 1) / 1e6 and repr(result) == repr(round(result, 6))
+            rounded_up_naively += math.floor(value * 1e6) / 1e6 > value
+    assert rounded_up_naively > 100  # the case is common: the check above is not vacuous
+
+
 @pytest.mark.parametrize("sigma,n0,n,alpha,setting", [
     (0.0, 10, 10, 0.1, "sigma"), (float("nan"), 10, 10, 0.1, "sigma"), (-1.0, 10, 10, 0.1, "sigma"),
     (0.5, 0, 10, 0.1, "n0"), (0.5, 10, 0, 0.1, "n"),

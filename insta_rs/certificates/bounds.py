@@ -77,11 +77,21 @@ def predict_is_confident(top_count: int, runner_up_count: int, alpha: float) -> 
 
 
 def floor_to(value: float, decimals: int = 6) -> float:
-    """Round down to ``decimals`` places, so a rounded radius or lower bound never exceeds the exact one."""
+    """Round down to ``decimals`` places, so a rounded radius or lower bound never exceeds the exact one.
+
+    The result is k / 10**decimals for an integer k (a value a file writes back exactly). ``value * scale``
+    and ``k / scale`` are each rounded to the nearest float, which can land one unit in the last place
+    above ``value`` (2.9300829999999998 * 1e6 rounds to 2930083.0); then k steps down until the result no
+    longer exceeds ``value``."""
     if not math.isfinite(value):
         return value
     scale = 10**decimals
-    return math.floor(value * scale) / scale
+    k = math.floor(value * scale)
+    result = k / scale
+    while result > value:
+        k -= 1
+        result = k / scale
+    return result
 
 
 def _check_counts(successes: int, trials: int) -> None:
