@@ -27,7 +27,7 @@ from insta_rs.data import Synthetic
 from insta_rs.errors import ConfigError
 from insta_rs.search.base import SearchContext
 from insta_rs.search.semi_elastic import SIGMA_LOG_SLACK, SemiElasticSigma
-from insta_rs.smoothing import Smooth
+from insta_rs.smoothing import Smooth, noise_sigma
 
 
 def cohen_xi(p_b, radius, sigma0):
@@ -311,13 +311,25 @@ def test_rows_are_sound_with_the_semi_elastic_radius(synthetic):
     assert row.guarantee == "sound" and row.predict == 2 and row.search_draws == 0
     assert row.sigma == sigma0 and row.p_lower == pytest.approx(p_lower)
     assert row.extra["cohen_radius"] == floor_to(cohen_radius(sigma0, p_lower))
-    assert row.radius == semi_elastic_radius(p_lower, sigma0, 0.05, 64, log_slack=SIGMA_LOG_SLACK)
+    # centred on the sigma the noise was scaled by (float32), as every method's radius is
+    assert row.radius == semi_elastic_radius(p_lower, noise_sigma(sigma0), 0.05, 64, log_slack=SIGMA_LOG_SLACK)
     assert 0 < row.radius < row.extra["cohen_radius"]
-    constant = SemiElasticSigma(sigma_b=0.3, r=0.0, k=3, max_train=120)   # r = 0: Cohen's certificate exactly
+
+
+@pytest.mark.parametrize("sigma_b", [0.12, 0.3])
+def test_r_zero_is_cohens_radius_at_the_float32_sigma(synthetic, sigma_b):
+    """r = 0: one constant sigma, and the certificate is Cohen's at the sigma the noise was scaled by, float32(sigma_b)
+    (at 0.12 that is below 0.12, so the float64 sigma would certify 4e-9 too much; at 0.3 it is above)."""
+    constant = SemiElasticSigma(sigma_b=sigma_b, r=0.0, k=3, max_train=120)
     constant.prepare(SearchContext(source=synthetic, device="cpu"))
+    x = synthetic.split("test")[0][0]
     row = constant.certify(Smooth(ConstantClassifier(2), 3, batch_size=256), x, 20, 500, 0.001,
                            torch.Generator().manual_seed(0))
-    assert row.sigma == 0.3 and row.radius == cohen_radius(0.3, p_lower)
+    p_lower = clopper_pearson_lower(500, 500, 0.001)
+    used = float(np.float32(sigma_b))
+    assert row.sigma == sigma_b and row.p_lower == p_lower
+    assert row.radius == cohen_radius(used, p_lower) != cohen_radius(sigma_b, p_lower)
+    assert (row.radius < cohen_radius(sigma_b, p_lower)) == (used < sigma_b)
 
 
 def test_config_errors():

@@ -137,7 +137,9 @@ def semi_elastic_radius(p_a_lower: float, sigma0: float, r: float, d: int, *, lo
     The largest R (to a relative resolution ``rel_tol``, rounded *down*) such that xi < 1/2 for every
     R' <= R and every sigma1 in [sigma0 e^{-rR'}, sigma0 e^{rR'}], with p_B = 1 - p_a_lower.
     Never larger than Cohen's sigma0 * PhiInv(p_a_lower) (the sigma1 = sigma0 term), equal to it at r = 0,
-    0 when p_a_lower <= 1/2. d is the input dimension.
+    0 when p_a_lower <= 1/2. d is the input dimension. ``sigma0`` is the sigma the noise at x0 was actually
+    scaled by (in ``Smooth``: the float32 rounding of sigma(x0), ``smoothing.noise_sigma``), as for Cohen's
+    radius: a float64 sigma0 a hair above it would certify a hair too much.
 
     Search: bisection of [0, Cohen's radius] on the condition G(R) < 1/2 (``worst_case_over_interval``),
     keeping as ``lo`` only points where the condition was verified; then the condition is checked on a

@@ -29,13 +29,14 @@ import torch
 from ..certificates import ABSTAIN, floor_to
 from ..certificates.semi_elastic import semi_elastic_radius
 from ..errors import ConfigError, DataError, check
-from ..smoothing import Smooth
+from ..smoothing import Smooth, noise_sigma
 from .base import RowResult, SearchContext, SigmaChoice, SigmaMethod
 
 SIGMA_LOG_SLACK = 1e-6
 """Extra log-sigma spread the radius covers when r > 0: the noise is scaled in float32, so the sigma
-actually used is sigma(x) rounded to float32 (relative error <= 2^-24 < 1e-6), a rule that is
-r-semi-elastic only up to this additive slack (rounding is a step function)."""
+actually used is sigma(x) rounded to float32 (relative error <= 2^-24), a rule that is r-semi-elastic only
+up to this additive slack (rounding is a step function). The radius is centred on the float32 sigma at x,
+so the slack covers both roundings, at x and at x' (2 * 2^-24 < 1e-6)."""
 
 _CHUNK_ELEMENTS = 1 << 24
 
@@ -186,8 +187,10 @@ class SemiElasticSigma(SigmaMethod):
         if cert.predict == ABSTAIN:
             radius = 0.0
         else:
-            # r = 0: sigma is one constant, and so is its float32 rounding; no slack, Cohen's radius exactly.
+            # the radius is that of the noise actually drawn at x: sigma0 rounded to float32, as for every
+            # method (r = 0: one constant sigma, so no slack and Cohen's radius at the float32 sigma exactly;
+            # r > 0: the slack covers the float32 rounding of sigma(x') at the neighbours, SIGMA_LOG_SLACK)
             slack = SIGMA_LOG_SLACK if self.r > 0 else 0.0
-            radius = semi_elastic_radius(cert.p_lower, sigma0, self.r, self.dim, log_slack=slack)
+            radius = semi_elastic_radius(cert.p_lower, noise_sigma(sigma0), self.r, self.dim, log_slack=slack)
         return RowResult(cert.predict, radius, sigma0, cert.p_lower, self.guarantee, search_time=choose_time,
                          search_draws=0, extra={"cohen_radius": floor_to(cert.radius)})
