@@ -17,7 +17,6 @@ from the base run's per-example sigma table (``train_sigma.pt``, written by ``tr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from .certificates.estimates import estimated_radius
 from .errors import CheckpointError, DataError
 from .search.selector import check_levels
+from .selector_settings import SelectorSettings
 from .smoothing import Smooth
 
-if TYPE_CHECKING:
-    from .selector_training import SelectorSettings
-
-LABEL_MODES = ("nearest", "best_radius")
 SIGMA_TABLE_FILE = "train_sigma.pt"
 
 
