@@ -166,6 +166,35 @@ def test_should_stop_rules():
         should_stop(900, 1000, bound, 1.0, -0.01)
 
 
+@pytest.mark.parametrize("method", ["union", "anytime"])
+def test_radii_mode_certifies_a_p_a_just_above_one_half_at_r_0_as_fixed_n_does(method):
+    """p_A = 0.52, sigma 0.25: fixed n = 100,000 certifies (CP at alpha of 52,000 / 100,000 is 0.515), with a radius
+    far below the first listed radius. Radii mode must not stop at the first look because 0.25 is out of reach:
+    "certified at all" (r = 0) is its first target, so it draws on until certified, then stops."""
+    n_max, alpha, sigma, radii = 100_000, 0.001, 0.25, [0.25, 0.5, 0.75, 1.0]
+    assert clopper_pearson_lower(52 * n_max // 100, n_max, alpha) > 0.5  # fixed n certifies it
+    result = sequential_certify(_recording_draw(52, []), n_max, alpha, method, sigma=sigma, radii=radii,
+                                reach_alpha=0.001)
+    assert result.decision == "certified" and 0 < result.radius(sigma) < radii[0], result
+    assert result.reason in ("radii", "n_max")
+    bound = make_bound(method, n_max, alpha)
+    # the look at which it stopped is the first where the bound exceeds 1/2: not a draw more, not a draw less
+    before = [n for n in bound.looks() if n < result.draws]
+    assert all(bound.lower((52 * n) // 100, n) <= 0.5 for n in before) and result.p_lower > 0.5
+    # an input whose best case stays at or below 1/2 still abstains at once; a clearly certified one still stops
+    assert should_stop(400, 1000, bound, sigma, 0.0, radii=radii, reach_alpha=0.001) == "abstain"
+    assert should_stop(999, 1000, bound, sigma, 0.0, radii=[0.75]) == "continue"  # 0.54 now, 0.75 in reach
+    assert should_stop(999, 1000, bound, sigma, 0.0, radii=[5.0]) == "certified"  # certified, 5.0 out of reach
+
+
+def test_radii_mode_continues_while_not_certified_and_certifiable():
+    """The rule itself: not yet certified (bound <= 1/2) but a bound above 1/2 is still reachable -> continue,
+    even when every listed radius is out of reach (before r = 0 was a target this stopped with "abstain")."""
+    bound = geometric_schedule(100_000, 0.001, first=1000)
+    assert bound.lower(520, 1000) <= 0.5 < reachable_lower(520, 1000, bound, reach_alpha=0.001)
+    assert should_stop(520, 1000, bound, 0.25, 0.0, radii=[0.25, 0.5], reach_alpha=0.001) == "continue"
+
+
 # ------------------------------------------------------------------ driver
 
 
@@ -210,7 +239,9 @@ def _violation_rate(bound, p, seed, **rule):
 
 @pytest.mark.parametrize("method", ["union", "anytime"])
 @pytest.mark.parametrize("p", [0.6, 0.9, 0.99])
-@pytest.mark.parametrize("rule", [{"tolerance": 0.05}, {"tolerance": 0.1, "reach_alpha": 0.5}])
+@pytest.mark.parametrize("rule", [{"tolerance": 0.05}, {"tolerance": 0.1, "reach_alpha": 0.5},
+                                  {"tolerance": 0.0, "radii": [0.5, 1.0, 2.0], "reach_alpha": 0.5}],
+                         ids=["tolerance", "tolerance-reach", "radii"])
 def test_sequential_bound_keeps_its_level(method, p, rule):
     bound = make_bound(method, MC_N_MAX, MC_ALPHA, batch=MC_BATCH)
     rate, _ = _violation_rate(bound, p, seed=int(p * 1000), **rule)
@@ -231,9 +262,11 @@ class FullAlphaEveryStage:
 
 
 @pytest.mark.parametrize("p", [0.6, 0.9])
-def test_full_alpha_at_every_stage_is_caught(p):
+@pytest.mark.parametrize("rule", [{"tolerance": 0.05}, {"tolerance": 0.0, "radii": [0.5, 1.0, 2.0]}],
+                         ids=["tolerance", "radii"])
+def test_full_alpha_at_every_stage_is_caught(p, rule):
     sizes = geometric_schedule(MC_N_MAX, MC_ALPHA, first=MC_BATCH).sizes
-    rate, _ = _violation_rate(FullAlphaEveryStage(sizes, MC_ALPHA), p, seed=7, tolerance=0.05)
+    rate, _ = _violation_rate(FullAlphaEveryStage(sizes, MC_ALPHA), p, seed=7, **rule)
     assert rate > MC_ALPHA + 2 * SLACK, rate
 
 

@@ -54,10 +54,35 @@ def test_sequential_certificate_never_exceeds_the_exact_radius(bound):
     assert 20 + 100 <= mean_draws < 20 + N_MAX  # it stops early on some inputs, never draws past n_max
 
 
-def test_the_check_catches_full_alpha_at_every_stage():
-    bad, _ = violations(FullAlphaEveryStage(first=100, factor=2.0, tolerance=0.0, reach_alpha=None))
+def test_radii_mode_certificate_never_exceeds_the_exact_radius():
+    """Radii mode (r = 0 first, then the listed radii) stops at data-dependent looks too: still within alpha."""
+    plan = SequentialPlan(first=100, factor=2.0, radii=(0.25, 0.5, 1.0), reach_alpha=0.01)
+    bad, mean_draws = violations(plan)
+    check_rate("sequential/radii radius vs exact distance", bad, TRIALS, ALPHA)
+    assert 20 + 100 <= mean_draws < 20 + N_MAX
+
+
+@pytest.mark.parametrize("radii", [None, tuple(0.05 * k for k in range(1, 41))], ids=["tolerance", "radii"])
+def test_the_check_catches_full_alpha_at_every_stage(radii):
+    bad, _ = violations(FullAlphaEveryStage(first=100, factor=2.0, tolerance=0.0, radii=radii, reach_alpha=None))
     with pytest.raises(AssertionError, match="exceeded by"):
         check_rate("full alpha at every stage", bad, TRIALS, ALPHA)
+
+
+def test_radii_mode_certifies_p_a_just_above_one_half_at_r_0_like_fixed_n():
+    """A half-space input with p_A = 0.52 at sigma 0.25 (radius 0.0125, below every listed radius): fixed n =
+    50,000 certifies it (about 6 standard errors of margin); radii mode with the same maximum must certify it
+    too (before r = 0 was a target it abstained at the first look, 0.25 being out of reach)."""
+    sigma, n_max, alpha = 0.25, 50_000, 0.001
+    distance = sigma * float(norm.ppf(0.52))
+    x = torch.tensor([0.6, 0.8]).view(1, 1, 2) * distance
+    smooth = Smooth(HalfSpace([0.6, 0.8], 0.0), 2, batch_size=4000, device="cpu")
+    n0 = 5000  # enough selection draws that the candidate is class 1 (p_A 0.52 against 0.48)
+    fixed = smooth.certify(x, sigma, n0, n_max, alpha, torch.Generator().manual_seed(5))
+    smooth.sequential = SequentialPlan(first=1000, radii=(0.25, 0.5, 0.75, 1.0))
+    staged = smooth.certify(x, sigma, n0, n_max, alpha, torch.Generator().manual_seed(5))
+    assert fixed.predict == staged.predict == 1, (fixed, staged)
+    assert 0 < staged.radius <= distance and staged.n <= n_max
 
 
 def test_counted_draws_are_every_draw_of_the_row():

@@ -285,8 +285,9 @@ def decide(successes: int, trials: int, bound, sigma: float, tolerance: float, r
     radius_now, radius_best = _radius(sigma, lower), _radius(sigma, reach)
     if radii is None and radius_best - radius_now <= tolerance:
         return verdict, "tolerance", lower
-    if radii is not None and not _next_radius_in_reach(radius_now, radius_best, radii):
+    if radii is not None and lower > 0.5 and not _next_radius_in_reach(radius_now, radius_best, radii):
         return verdict, "radii", lower
+    # radii list, not yet certified: r = 0 ("certified at all") is the first target, in reach since reach > 1/2
     return "continue", "", lower
 
 
@@ -299,7 +300,9 @@ def should_stop(successes: int, trials: int, bound, sigma: float, tolerance: flo
     (a) early abstain: the reachable bound at n_max (``reachable_lower``) is <= 1/2;
     (b) tolerance (radii is None): R(reachable) - R(current) <= tolerance, R = ``cohen_radius``
         (sigma PhiInv(p), 0 at p <= 1/2);
-    (c) radii list: the smallest listed radius above R(current) is above R(reachable);
+    (c) radii list: the input is certified (current bound > 1/2) and the smallest listed radius above
+        R(current) is above R(reachable). "Certified at all" (r = 0) is the first target: an input not yet
+        certified whose reachable bound is above 1/2 continues, as it would under fixed n;
     and n = n_max always stops. On stopping: "certified" when the current bound is > 1/2.
     """
     return decide(successes, trials, bound, sigma, tolerance, radii, best_lower, reach_alpha)[0]
@@ -392,7 +395,7 @@ class SequentialPlan:
     each next one ``factor`` times larger, up to n_max) or "anytime" (the beta-binomial mixture confidence
     sequence, read every ``first`` draws). tolerance: stop when the radius still reachable at n_max exceeds
     the current one by at most this (pixel units). radii: certify at these radii only: stop when the next
-    one above the current radius is out of reach. reach_alpha: how optimistic "reachable" is (None: every
+    one above the current radius is out of reach (r = 0, certified at all, is always the first target). reach_alpha: how optimistic "reachable" is (None: every
     remaining draw a success; beta: the remaining draws succeed at the Clopper-Pearson upper bound at beta).
     The stopping rule changes only the cost, never the validity: every bound it may report is paid for
     before the input is seen."""
