@@ -35,7 +35,8 @@ from .checkpoints import TrainedRun
 from .experts import load_experts
 from .errors import check
 from .search.base import RowResult, SearchContext, SigmaMethod
-from .smoothing import Smooth, autocast_dtype_of, check_certify_settings, count_draws, draws_of, row_generator
+from .smoothing import (Smooth, autocast_dtype_of, check_certify_settings, check_noise_settings, count_draws, draws_of,
+                        row_generator)
 
 
 @dataclass
@@ -50,7 +51,9 @@ class CertifySettings:
     split: test | val. skip: certify every skip-th input. max: at most this many inputs (None: all).
     progress: a progress bar with the running certified accuracy. consistency: none | memory (ALGORITHMS.md
     3b: also write certify_memory.tsv). autocast (None | bf16 | fp16), channels_last, compile: speed options
-    for the base model only; none changes how the noise is drawn.
+    for the base model only; none changes how the noise is drawn. noise: stream (the default) | split (the
+    noise in stripes from their own generators, drawn by several threads: other rows, insta_rs.smoothing);
+    noise_threads: threads drawing the noise (None: torch's thread count; changes no row).
     sampling: fixed (Cohen's protocol: n draws for every input) | sequential (SOUND.md 3e: n is the maximum;
     the draws come in stages and an input stops early). For sequential: bound (union | anytime),
     first_stage and stage_factor (the schedule), tolerance (stop when the radius still reachable at n
@@ -71,6 +74,8 @@ class CertifySettings:
     autocast: str | None = None
     channels_last: bool = False
     compile: bool = False
+    noise: str = "stream"
+    noise_threads: int | None = None
     sampling: str = "fixed"
     bound: str = "union"
     first_stage: int = 1000
@@ -96,6 +101,7 @@ class CertifySettings:
               "null or an integer >= 1")
         check(self.consistency in ("none", "memory"), "consistency", self.consistency, "none or memory")
         autocast_dtype_of(self.autocast)
+        check_noise_settings(self.noise, self.noise_threads)
         for name in ("progress", "channels_last", "compile"):
             check(isinstance(getattr(self, name), bool), f"{name}", getattr(self, name), "true or false")
         check(self.sampling in ("fixed", "sequential"), "sampling", self.sampling, "fixed or sequential")
@@ -139,6 +145,8 @@ class CertifySettings:
                 "bound", "first_stage", "stage_factor", "tolerance", "radii", "reach_alpha")}
         if self.mode == "predict":  # likewise: certify runs made before the mode existed resume
             identity["mode"] = self.mode
+        if self.noise != "stream":  # another noise stream is another certification; recorded only when on
+            identity["noise"] = self.noise
         return {**identity, **{key: True for key in ("channels_last", "compile") if getattr(self, key)}}
 
 
@@ -227,8 +235,9 @@ class Certifier:
 
 @dataclass(frozen=True)
 class WandbSettings:
-    """Where a certification run is logged on W&B: mode (offline | online | disabled), project, group, and
-    the run's resolved config (so a dashboard can filter certify runs by how the model was trained)."""
+    """Where a certification run is logged on W&B: mode (offline | online | disabled), project, group (None:
+    the group of the training run that made the checkpoint), and the run's resolved config (so a dashboard
+    can filter certify runs by how the model was trained)."""
 
     mode: str = "offline"
     project: str = "insta-rs"
@@ -255,7 +264,7 @@ def run(trained: TrainedRun, method: SigmaMethod, method_spec: dict, settings: C
     ranks; it must pass ``use_distributed_sampler=False``). Rerunning in the same ``run_dir`` resumes after
     the last complete row. Returns the result on the process that holds the merged file, None on the others.
     With ``settings.mode == "predict"``: PREDICT rows into ``run_dir/predict.tsv``, then summary.json and table.md
-    (``predict_reports``; no figures and no W&B run)."""
+    (``predict_reports``; no figures). Both log a W&B run when ``wandb`` says so (``log_to_wandb``)."""
     run_dir = Path(run_dir)
     tsv_path = run_dir / f"{settings.mode}.tsv"  # certify.tsv | predict.tsv
     writer = distributed.RowWriter(tsv_path)
@@ -266,7 +275,7 @@ def run(trained: TrainedRun, method: SigmaMethod, method_spec: dict, settings: C
         model, experts = load_experts(method.experts, trained)
     smooth = Smooth(model, trained.num_classes, batch_size=settings.batch_size, device=device,
                     autocast_dtype=settings.autocast, channels_last=settings.channels_last,
-                    compile=settings.compile)
+                    compile=settings.compile, noise=settings.noise, noise_threads=settings.noise_threads)
     smooth.sequential = settings.plan
     certifier = Certifier(smooth, method, settings.n0, settings.n, settings.alpha, seed, mode=settings.mode)
     method.prepare(SearchContext(source=trained.source, num_classes=trained.num_classes, device=device,
@@ -285,7 +294,10 @@ def run(trained: TrainedRun, method: SigmaMethod, method_spec: dict, settings: C
                                        progress=settings.progress):
         return None
     if settings.mode == "predict":
-        return predict_reports(run_dir, tsv_path, selected, method.name, method_spec, time.time() - started, settings)
+        result = predict_reports(run_dir, tsv_path, selected, method.name, method_spec, time.time() - started,
+                                 settings)
+        log_to_wandb(wandb, trained, method.name, method_spec, settings, result)
+        return result
     rows = _selected_rows(analysis.read_certification(tsv_path), selected)
     frames, extra = {method.name: rows}, {"draws_fixed": settings.n0 + settings.n}
     if settings.consistency == "memory":
@@ -293,16 +305,30 @@ def run(trained: TrainedRun, method: SigmaMethod, method_spec: dict, settings: C
     summary, table = write_reports(run_dir, frames, trained.source.info.name, method_spec, time.time() - started,
                                    extra, n=settings.n, alpha=settings.alpha)
     _announce(table, extra, len(selected), run_dir)
-    if wandb is not None and wandb.mode != "disabled":
-        from .tracking import log_certification_to_wandb
+    result = CertificationResult(rows, summary, table, tsv_path)
+    log_to_wandb(wandb, trained, method.name, method_spec, settings, result)
+    return result
 
-        # the trained run's data set, model and training settings, so a dashboard can group certify runs by them
-        config = {**(wandb.config or {}), "trained": {key: trained.config.get(key) for key in ("dataset", "model", "train")}}
-        log_certification_to_wandb(run_dir, summary, analysis.certified_accuracy_curve(rows),
-                                   rows["sigma"].astype(float).tolist(), config, mode=wandb.mode,
-                                   project=wandb.project, group=wandb.group,
-                                   name=f"certify/{method.name}/{run_dir.parent.name}/{run_dir.name}")
-    return CertificationResult(rows, summary, table, tsv_path)
+
+def log_to_wandb(wandb: WandbSettings | None, trained: TrainedRun, method_name: str, method_spec: dict,
+                 settings: CertifySettings, result: CertificationResult) -> None:
+    """The certification (or PREDICT) run on W&B (``tracking.log_certification_to_wandb``), named after the
+    trained run and the method, in the trained run's group unless ``wandb.group`` names another; its config
+    holds the sigma_search actually used and the trained run's data set, model and training settings."""
+    if wandb is None or wandb.mode == "disabled":
+        return
+    from .tracking import certification_run_name, log_certification_to_wandb, trained_run_identity
+
+    trained_name, trained_group = trained_run_identity(trained.config, trained.run_dir)
+    config = {**(wandb.config or {}), "sigma_search": method_spec,
+              "trained": {"name": trained_name, **{key: trained.config.get(key) for key in ("dataset", "model", "train")}}}
+    rows = result.rows
+    curve = analysis.certified_accuracy_curve(rows) if settings.mode == "certify" else None
+    log_certification_to_wandb(result.path.parent, result.summary, curve, rows["sigma"].astype(float).tolist(), config,
+                               mode=wandb.mode, project=wandb.project, group=wandb.group or trained_group,
+                               name=certification_run_name(trained_name, method_name, method_spec, settings.n,
+                                                           settings.alpha, settings.mode),
+                               job_type=settings.mode)
 
 
 def predict_reports(run_dir: Path, tsv_path: Path, selected: Sequence[int], method_name: str, sigma_search: dict,
@@ -314,7 +340,7 @@ def predict_reports(run_dir: Path, tsv_path: Path, selected: Sequence[int], meth
     single = next(iter(by_guarantee.values())) if len(by_guarantee) == 1 else None
     summary = {
         "mode": "predict",
-        **{key: (single[key] if single else None) for key in ("accuracy", "abstain_rate", "sigma_quantiles")},
+        **{key: (single[key] if single else None) for key in ("accuracy", "abstain_rate", "sigma_quantiles", "intervals")},
         "rows": int(len(rows)),
         "guarantee": {label: int(s["rows"]) for label, s in by_guarantee.items()},
         "sigma_search": sigma_search,
@@ -373,7 +399,7 @@ def summary_of(rows, radii: Sequence[float], sigma_search: dict, wall_seconds: f
     # every draw a row used, search included: the `draws` column (sequential), else n0 + n + search draws
     draws = rows["draws"] if "draws" in rows else (None if fixed is None else fixed + rows["search_draws"])
     headline = {key: (single[key] if single else None)
-                for key in ("acr", "certified_accuracy", "clean_accuracy", "abstain_rate", "sigma_quantiles")}
+                for key in ("acr", "certified_accuracy", "clean_accuracy", "abstain_rate", "sigma_quantiles", "intervals")}
     return {
         **headline,
         "rows": int(len(rows)),
@@ -407,13 +433,16 @@ def write_reports(run_dir: Path, frames: dict[str, pd.DataFrame], dataset_name: 
     table = analysis.markdown_table(tables, radii)
     write_json_atomic(run_dir / "summary.json", summary)
     write_atomic(run_dir / "table.md", table)
-    curves = {}
+    curves, guarantees, bands = {}, {}, {}
     for label, rows in frames.items():
         for guarantee in sorted(rows["guarantee"].astype(str).unique()):
             legend = analysis.curve_label(None, label, guarantee, sigma=analysis.single_sigma(rows),
                                           levels=sigma_search.get("levels"), n=n, alpha=alpha)
             curves[legend] = analysis.certified_accuracy_curve(rows[rows["guarantee"] == guarantee])
-    analysis.plot_certified_accuracy(curves, run_dir / "certified_accuracy.png", title=f"{dataset_name}: certified accuracy")
+            guarantees[legend] = guarantee
+            bands[legend] = analysis.curve_band(curves[legend][1], int((rows["guarantee"] == guarantee).sum()))
+    analysis.plot_certified_accuracy(curves, run_dir / "certified_accuracy.png", subject=dataset_name,
+                                     guarantees=guarantees, bands=bands)
     analysis.plot_sigma_histogram(main["sigma"].astype(float).tolist(), run_dir / "sigma_hist.png",
                                   title=f"{dataset_name}: sigma per input")
     return summary, table

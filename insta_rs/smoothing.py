@@ -12,6 +12,14 @@ How the draws are made (the same on every path, so nothing here changes the stat
   therefore depends only on the generator's state and ``num``: not on ``batch_size``, not on which other
   inputs share its forward passes, not on where chunks are cut, and not on ``channels_last``.
 - The noisy input is ``x + (sigma * e)`` in float32 (sigma rounded to float32), as one multiply then one add.
+- Requests that draw from different generators are filled by up to ``noise_threads`` threads at once (each
+  generator serves its own requests in order, in one thread), which changes nothing in the draws.
+- ``noise="split"`` (opt-in; the default ``"stream"`` is the stream above) cuts every request into stripes
+  of ``NOISE_STRIPE`` draws, stripe j drawn (in ``NOISE_BLOCK`` calls) from its own generator, seeded with
+  the j-th of the numbers the row's generator gives for that request (one ``randint`` call per request).
+  Stripes can then be drawn by several threads even when one input fills every forward pass. The noise
+  still depends only on the row's generator and ``num`` (not on ``batch_size`` or the thread count), and
+  it is still float32 standard normal noise, but a different stream: rows differ from ``"stream"`` rows.
 - Several requests (inputs, each with its own sigma, and CERTIFY's selection and estimation draws) are
   packed back to back into chunks of ``batch_size`` draws; every forward pass has exactly ``batch_size``
   inputs (the last chunk is padded and its padding is not counted). A draw's prediction is then a
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,6 +83,11 @@ def charge_draws(generator, copies) -> None:
 
 NOISE_BLOCK = 64
 """Draws per ``normal_`` call. Part of the definition of the noise stream: changing it changes every row."""
+
+NOISE_STRIPE = 256
+"""noise="split": draws per stripe (each stripe from its own generator). Part of the definition of that stream."""
+
+NOISE_MODES = ("stream", "split")
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -125,18 +139,19 @@ def autocast_dtype_of(value) -> torch.dtype | None:
     raise ConfigError(f"autocast={value!r} is invalid: expected null (float32), bf16 or fp16")
 
 
-class _Request:
-    """``num`` draws of one input x at one sigma from ``generator``, counted into ``counts`` (a view)."""
+class _Stream:
+    """``num`` standard normal draws from one generator, served in order, ``NOISE_BLOCK`` draws per ``normal_`` call."""
 
-    __slots__ = ("x", "sigma", "num", "generator", "counts", "drawn", "pending")
+    __slots__ = ("generator", "num", "drawn", "pending", "staging")
 
-    def __init__(self, x: torch.Tensor, sigma: torch.Tensor, num: int, generator, counts: torch.Tensor):
-        self.x, self.sigma, self.num, self.generator, self.counts = x, sigma, num, generator, counts
+    def __init__(self, generator, num: int):
+        self.generator, self.num = generator, num
         self.drawn = 0          # draws generated so far (whole blocks)
-        self.pending = None     # generated but not yet used draws of the last block (a view of the staging buffer)
+        self.pending = None     # generated but not yet used draws of the last block (a view of ``staging``)
+        self.staging = None     # where a block that straddles two chunks is drawn (its tail waits for the next)
 
-    def fill(self, out: torch.Tensor, staging: torch.Tensor) -> None:
-        """Write this request's next ``len(out)`` noise draws into ``out``, block by block (NOISE_BLOCK)."""
+    def fill(self, out: torch.Tensor) -> None:
+        """Write this stream's next ``len(out)`` draws into ``out``."""
         want, filled = out.shape[0], 0
         if self.pending is not None:
             take = min(self.pending.shape[0], want)
@@ -150,12 +165,52 @@ class _Request:
                 out[filled:filled + size].normal_(generator=self.generator)
                 filled += size
             else:  # the block straddles the end of the chunk: keep its tail for the next chunk
-                block = staging[:size]
+                if self.staging is None:
+                    self.staging = torch.empty((min(NOISE_BLOCK, self.num), *out.shape[1:]), dtype=out.dtype,
+                                               device=out.device)
+                block = self.staging[:size]
                 block.normal_(generator=self.generator)
                 take = want - filled
                 out[filled:].copy_(block[:take])
                 self.pending = block[take:]
                 filled = want
+
+
+class _Request:
+    """``num`` draws of one input x at one sigma from ``generator``, counted into ``counts`` (a view).
+
+    noise="stream": one ``_Stream`` on ``generator``. noise="split": stripes of ``NOISE_STRIPE`` draws, stripe j a
+    ``_Stream`` on a generator seeded with the j-th of ``ceil(num / NOISE_STRIPE)`` numbers drawn from ``generator``
+    when the request is made (requests on one generator are made in the order they are served)."""
+
+    __slots__ = ("x", "sigma", "num", "generator", "counts", "streams", "served")
+
+    def __init__(self, x: torch.Tensor, sigma: torch.Tensor, num: int, generator, counts: torch.Tensor,
+                 noise: str = "stream"):
+        self.x, self.sigma, self.num, self.generator, self.counts = x, sigma, num, generator, counts
+        self.served = 0
+        if noise == "stream" or num <= 0:
+            self.streams = [_Stream(generator, num)]
+            return
+        stripes = -(-num // NOISE_STRIPE)
+        device = generator.device if generator is not None else x.device
+        seeds = torch.randint(0, 2 ** 62, (stripes,), generator=generator, device=device, dtype=torch.int64)
+        self.streams = [_Stream(torch.Generator(device=device).manual_seed(int(seed)),
+                                min(NOISE_STRIPE, num - j * NOISE_STRIPE)) for j, seed in enumerate(seeds.tolist())]
+
+    def pieces(self, out: torch.Tensor) -> list[tuple[_Stream, torch.Tensor]]:
+        """(stream, slice of ``out``) for this request's next ``len(out)`` draws, in order."""
+        if len(self.streams) == 1:
+            self.served += out.shape[0]
+            return [(self.streams[0], out)]
+        pieces, at = [], 0
+        while at < out.shape[0]:
+            j, within = divmod(self.served, NOISE_STRIPE)
+            take = min(self.streams[j].num - within, out.shape[0] - at)
+            pieces.append((self.streams[j], out[at:at + take]))
+            at += take
+            self.served += take
+        return pieces
 
 
 class Smooth:
@@ -172,6 +227,10 @@ class Smooth:
     channels_last: convert the model (in place) and every chunk to channels_last (faster convolutions
         on CPU and on GPUs; the model's result may differ from float32 NCHW in its last bits).
     compile: run the model through ``torch.compile`` (one static chunk shape, compiled on first use).
+    noise: "stream" (the default) or "split" (stripes from their own generators, so that one input's draws can be
+        made by several threads; a different stream, see the module docstring).
+    noise_threads: threads that draw the noise (None: ``torch.get_num_threads()`` on the CPU, 1 on other devices);
+        it changes no draw, only how many generators are served at once.
     phase_seconds: set to a dict to accumulate wall seconds per phase (noise, shift, forward, count) of
         every chunk; it synchronizes CUDA after each phase, so leave it None when speed matters.
     """
@@ -185,11 +244,14 @@ class Smooth:
         autocast_dtype: torch.dtype | str | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        noise: str = "stream",
+        noise_threads: int | None = None,
     ):
         check(isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1,
               "batch_size", batch_size, "an integer >= 1")
         check(isinstance(channels_last, bool), "channels_last", channels_last, "true or false")
         check(isinstance(compile, bool), "compile", compile, "true or false")
+        check_noise_settings(noise, noise_threads)
         self.base_classifier = base_classifier.eval()
         self.num_classes = num_classes
         self.batch_size = batch_size
@@ -200,6 +262,9 @@ class Smooth:
             self.base_classifier.to(memory_format=torch.channels_last)
         self.compile = compile
         self._forward_module = torch.compile(self.base_classifier, dynamic=False) if compile else self.base_classifier
+        self.noise, self.noise_threads = noise, noise_threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_threads = 0
         self.phase_seconds: dict[str, float] | None = None
         self.takes_sigma = bool(getattr(base_classifier, "takes_sigma", False))
         """The model is f(x, sigma) (per-level experts): every forward pass also gets each row's sigma."""
@@ -227,7 +292,8 @@ class Smooth:
         rows = x.shape[0]
         sigma = torch.as_tensor(sigma, dtype=torch.float32).to(self.device).reshape(-1).expand(rows)
         counts = torch.zeros(rows, self.num_classes, dtype=torch.long, device=self.device)
-        self._count([_Request(x[b], sigma[b], num, generator, counts[b]) for b in range(rows)], x.shape[1:])
+        self._count([_Request(x[b], sigma[b], num, generator, counts[b], self.noise) for b in range(rows)],
+                    x.shape[1:])
         return counts[0] if single else counts
 
     def certify(
@@ -279,8 +345,8 @@ class Smooth:
         estimation = torch.zeros(rows, self.num_classes, dtype=torch.long, device=self.device)
         requests = []
         for i in range(rows):
-            requests.append(_Request(xs[i], sigma_t[i], n0, generators[i], selection[i]))
-            requests.append(_Request(xs[i], sigma_t[i], n, generators[i], estimation[i]))
+            requests.append(_Request(xs[i], sigma_t[i], n0, generators[i], selection[i], self.noise))
+            requests.append(_Request(xs[i], sigma_t[i], n, generators[i], estimation[i], self.noise))
         self._count(requests, xs.shape[1:])
         candidates = selection.argmax(dim=1)
         counts = estimation.gather(1, candidates.view(-1, 1)).view(-1).tolist()
@@ -303,7 +369,8 @@ class Smooth:
         the best of the looks, all of which hold together with probability >= 1 - alpha."""
         rows = xs.shape[0]
         selection = torch.zeros(rows, self.num_classes, dtype=torch.long, device=self.device)
-        self._count([_Request(xs[i], sigma_t[i], n0, generators[i], selection[i]) for i in range(rows)], xs.shape[1:])
+        self._count([_Request(xs[i], sigma_t[i], n0, generators[i], selection[i], self.noise) for i in range(rows)],
+                    xs.shape[1:])
         candidates = selection.argmax(dim=1).tolist()
         bound = self.sequential.bound(n_max, alpha)
         successes, best, trials = [0] * rows, [0.0] * rows, 0
@@ -311,7 +378,7 @@ class Smooth:
         active = list(range(rows))
         for look in bound.looks():
             counts = torch.zeros(len(active), self.num_classes, dtype=torch.long, device=self.device)
-            self._count([_Request(xs[i], sigma_t[i], look - trials, generators[i], counts[j])
+            self._count([_Request(xs[i], sigma_t[i], look - trials, generators[i], counts[j], self.noise)
                          for j, i in enumerate(active)], xs.shape[1:])
             got = counts.gather(1, torch.tensor([candidates[i] for i in active], device=self.device).view(-1, 1))
             trials, still = look, []
@@ -359,9 +426,6 @@ class Smooth:
                 _DRAWS[id(request.generator)] = _DRAWS.get(id(request.generator), 0) + request.num
         size, device, classes = self.batch_size, self.device, self.num_classes
         chunk = torch.empty((size, *shape), dtype=torch.float32, device=device)
-        # a block that straddles two chunks is drawn here first (its tail waits for the next chunk)
-        staging = torch.empty((min(NOISE_BLOCK, max(r.num for r in requests)), *shape), dtype=torch.float32,
-                              device=device)
         model_input = chunk
         if self.channels_last and len(shape) == 3:
             model_input = torch.empty_like(chunk, memory_format=torch.channels_last)
@@ -382,8 +446,7 @@ class Smooth:
                     current, offset = current + 1, 0
             if clock:
                 start = clock()
-            for request, at, take in segments:
-                request.fill(chunk[at:at + take], staging)
+            self._fill([piece for request, at, take in segments for piece in request.pieces(chunk[at:at + take])])
             if used < size:  # only the last chunk: pad with zeros (finite), whose predictions are not counted
                 chunk[used:].zero_()
             if clock:
@@ -401,6 +464,31 @@ class Smooth:
                 request.counts += torch.bincount(predictions[at:at + take], minlength=classes)
             if clock:
                 self._tick(timing, "count", start)
+
+    def _fill(self, pieces: list[tuple[_Stream, torch.Tensor]]) -> None:
+        """Each stream writes its draws into its slice. Streams on one generator are served in order by one
+        thread; streams on different generators by up to ``noise_threads`` threads at once (same draws)."""
+        groups: dict[int, list] = {}
+        for stream, out in pieces:
+            groups.setdefault(id(stream.generator), []).append((stream, out))
+        threads = self.noise_threads or (torch.get_num_threads() if self.device.type == "cpu" else 1)
+        if threads <= 1 or len(groups) <= 1:
+            for stream, out in pieces:
+                stream.fill(out)
+            return
+        if self._pool is None or self._pool_threads != threads:
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._pool, self._pool_threads = ThreadPoolExecutor(threads, thread_name_prefix="insta-rs-noise"), threads
+        tasks = list(groups.values())
+        per_thread = [tasks[k::threads] for k in range(min(threads, len(tasks)))]
+        for future in [self._pool.submit(_fill_groups, share) for share in per_thread]:
+            future.result()
+
+    def __getstate__(self):  # a thread pool does not pickle (ddp_sim ranks); each process makes its own
+        state = dict(self.__dict__)
+        state["_pool"] = None
+        return state
 
     def _predict(self, model_input: torch.Tensor, segments, row_sigma: torch.Tensor | None) -> torch.Tensor:
         """The base classifier's class for every row of one chunk. A model that takes sigma (per-level experts,
@@ -427,6 +515,21 @@ class Smooth:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+@torch.inference_mode()  # a worker thread: inference mode is per thread, and the chunk is an inference tensor
+def _fill_groups(groups) -> None:
+    for group in groups:
+        for stream, out in group:
+            stream.fill(out)
+
+
+def check_noise_settings(noise, noise_threads) -> None:
+    """ConfigError for a noise mode other than stream | split, or noise_threads not null or an integer >= 1."""
+    check(noise in NOISE_MODES, "noise", noise, "stream (the default) or split (stripes drawn by several threads)")
+    check(noise_threads is None or (isinstance(noise_threads, int) and not isinstance(noise_threads, bool)
+                                    and noise_threads >= 1),
+          "noise_threads", noise_threads, "null (all of torch's threads on the CPU) or an integer >= 1")
 
 
 def _module_device(module: nn.Module) -> torch.device:

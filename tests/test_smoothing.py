@@ -125,3 +125,72 @@ def test_noise_is_float32_even_for_half_inputs():
     model.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
     Smooth(model, 2).sample_counts(point_at_distance(w, 0.1).half(), 0.5, 10, row_generator(0, 0))
     assert seen == [torch.float32]
+
+
+# -- how the noise is drawn: threads change nothing; noise="split" is its own reproducible stream -------------
+
+class Recorder(torch.nn.Module):
+    """Records every chunk it sees (the noisy inputs) and answers class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.chunks = []
+
+    def forward(self, x):
+        self.chunks.append(x.detach().clone())
+        return torch.zeros(x.shape[0], 2)
+
+
+def noisy_inputs(batch_size, rows=5, n0=10, n=300, **options):
+    """Every noisy input of certify_batch on ``rows`` inputs (padding dropped), in the order drawn."""
+    model = Recorder()
+    smooth = Smooth(model, 2, batch_size=batch_size, **options)
+    xs = torch.rand(rows, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    smooth.certify_batch(xs, [0.25 + 0.1 * i for i in range(rows)], n0, n, 0.001,
+                         [row_generator(9, i) for i in range(rows)])
+    return torch.cat(model.chunks)[:rows * (n0 + n)]
+
+
+def test_noise_threads_change_no_draw():
+    """Several inputs per chunk (each its own generator, blocks straddling chunks): 1, 2 or 3 threads draw
+    the very same noisy inputs, bit for bit."""
+    one = noisy_inputs(256, noise_threads=1)
+    assert torch.equal(one, noisy_inputs(256, noise_threads=2))
+    assert torch.equal(one, noisy_inputs(256, noise_threads=3))
+
+
+def test_split_noise_is_reproducible_and_independent_of_batch_size_and_threads():
+    """noise="split" (stripes of NOISE_STRIPE draws from their own generators): the same draws whatever the
+    batch size and thread count, other draws than the default stream."""
+    split = noisy_inputs(256, n=700, noise="split", noise_threads=1)
+    assert torch.equal(split, noisy_inputs(100, n=700, noise="split", noise_threads=2))
+    assert torch.equal(split, noisy_inputs(1000, n=700, noise="split", noise_threads=3))
+    assert not torch.equal(split, noisy_inputs(256, n=700))
+
+
+@pytest.mark.parametrize("noise", ["stream", "split"])
+def test_noise_is_standard_normal(noise):
+    """x = 0, sigma = 1: the noisy inputs are the draws themselves; mean 0, variance 1, no stripe repeated."""
+    model = Recorder()
+    Smooth(model, 2, batch_size=1000, noise=noise).sample_counts(torch.zeros(1, 4, 4), 1.0, 3000, row_generator(0, 0))
+    draws = torch.cat(model.chunks)[:3000].double()
+    values = draws.flatten()
+    assert abs(values.mean().item()) < 5 / np.sqrt(values.numel())
+    assert abs(values.var().item() - 1) < 5 * np.sqrt(2 / values.numel())
+    assert len({tuple(row.flatten().tolist()) for row in draws}) == 3000
+
+
+def test_split_counts_match_the_exact_smoothed_probability():
+    model, w = make_halfspace()
+    smooth = Smooth(model, 2, batch_size=777, noise="split")
+    x, sigma, n = point_at_distance(w, 0.1), 0.25, 20_000
+    counts = smooth.sample_counts(x, sigma, n, row_generator(0, 1))
+    p = norm.cdf(0.1 / sigma)
+    assert counts.sum() == n and abs(counts[1].item() / n - p) < 5 * np.sqrt(p * (1 - p) / n)
+
+
+@pytest.mark.parametrize("kwargs,name", [({"noise": "fast"}, "noise"), ({"noise_threads": 0}, "noise_threads"),
+                                         ({"noise_threads": 1.5}, "noise_threads")])
+def test_bad_noise_settings_name_the_setting(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name}="):
+        Smooth(torch.nn.Linear(2, 2), 2, **kwargs)
