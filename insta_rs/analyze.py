@@ -1,18 +1,23 @@
 """Tables and curves for certification files, ours or Cohen et al.'s released ones.
 
-    python -m insta_rs.analyze FILE.tsv [FILE2.tsv ...] [--radii 0,0.25,...] [--dataset imagenet] [--out DIR]
+    python -m insta_rs.analyze PATH [PATH ...] [--radii 0,0.25,...] [--dataset imagenet] [--out DIR]
 
-Prints a markdown table with one row per (file, guarantee label): rows, ACR, certified accuracy
-at each radius of the grid, abstain rate (ALGORITHMS.md section 5). Rows of different guarantee
+PATH: a certification or prediction file, a run folder (its certify.tsv or predict.tsv), or a folder of runs
+(every such file below it), as ``compare`` takes them. Prints a markdown table with one row per (file,
+guarantee label): rows, ACR, certified accuracy at each radius of the grid, abstain rate (ALGORITHMS.md
+section 5), each with its 95% interval over the test inputs (docs/statistics.md). Rows of different guarantee
 labels are never pooled, and a table that holds several prints the note that ``compare`` prints.
 A file is labelled as ``compare`` labels files: by the shortest end of its path that tells it from the
 others (a certify.tsv by its folder; a numbered folder of a Hydra multirun with its parent: ``12-00-00/0``).
 The grid is ``--radii`` if given, else the standard grid
-of ``--dataset`` (ImageNet's for imagenet*, CIFAR-10's otherwise). With ``--out DIR`` also writes
-DIR/table.md and DIR/certified_accuracy.png (one curve per file and guarantee, with the sigma its rows share).
+of ``--dataset`` (ImageNet's for imagenet*, CIFAR-10's otherwise) up to the largest certified radius of any
+file, rounded up to the grid's step. With ``--out DIR`` also writes DIR/table.md and
+DIR/certified_accuracy.png (one curve per file and guarantee, with the sigma its rows share and its 95% band;
+``instance`` curves dotted and listed apart: they are not certificates).
 Prediction files (PREDICT rows without a radius: ``certify.mode=predict``'s predict.tsv, Cohen et al.'s
 predict.py output) get their own table: rows, accuracy, abstain rate and seconds per input per guarantee label.
-A missing or malformed file: one line on stderr, exit code 1; a bad option value: exit code 2.
+A malformed file: one line on stderr, exit code 1; a bad command line (an option value, a path that does not
+exist, a folder with no run, a .json or .png file): exit code 2.
 """
 
 from __future__ import annotations
@@ -48,19 +53,25 @@ def run_labels(paths: list[Path]) -> list[str]:
     return labels
 
 
-def analyze(paths: list[str | Path], radii: tuple[float, ...], out: str | Path | None = None) -> str:
-    """Read every file, return the markdown table; with ``out``, also write table.md and
-    certified_accuracy.png there (the curves share one radius range)."""
-    paths = [Path(p) for p in paths]
+def analyze(paths: list[str | Path], radii: tuple[float, ...] | None, out: str | Path | None = None,
+            dataset: str | None = None) -> str:
+    """Read every file (``analysis.run_files``: files, run folders, folders of runs), return the markdown table;
+    with ``out``, also write table.md and certified_accuracy.png there (the curves share one radius range, each
+    with its 95% band; ``instance`` curves dotted, apart from the certificates). ``radii`` None: ``dataset``'s
+    standard grid up to the largest certified radius of any file (``analysis.grid_up_to_reach``)."""
+    paths = analysis.run_files(paths)
     labelled = list(zip(run_labels(paths), paths))
     predictions = {label: analysis.summarize_predictions_by_guarantee(analysis.read_predictions(p))
                    for label, p in labelled if analysis.is_prediction_file(p)}
     frames = {label: analysis.read_certification(p) for label, p in labelled if label not in predictions}
+    if radii is None:
+        radii = analysis.grid_up_to_reach(analysis.radius_grid(dataset), frames.values())
     summaries = {label: analysis.summarize_by_guarantee(df, radii) for label, df in frames.items()}
-    tables = [analysis.markdown_table(summaries, radii)] if frames else []
-    tables += [analysis.prediction_table(predictions)] if predictions else []
+    tables = [analysis.markdown_table(summaries, radii, notes=False)] if frames else []
+    tables += [analysis.prediction_table(predictions, notes=False)] if predictions else []
     table = "\n".join(tables)
-    table += analysis.guarantee_note(guarantee for by in [*summaries.values(), *predictions.values()] for guarantee in by)
+    labels = [guarantee for by in summaries.values() for guarantee in by]
+    table += analysis.table_notes(labels + [g for by in predictions.values() for g in by])
     if out is not None:
         from .certification_file import write_atomic
 
@@ -72,14 +83,17 @@ def analyze(paths: list[str | Path], radii: tuple[float, ...], out: str | Path |
         top = max((float(df.loc[df["correct"] == 1, "radius"].max()) for df in frames.values()
                    if (df["correct"] == 1).any()), default=0.0)
         max_radius = 1.05 * top if top > 0 else 1.0
-        curves = {}
+        curves, bands, guarantees = {}, {}, {}
         for label, df in frames.items():
             for guarantee in summaries[label]:
                 subset = df[df["guarantee"].astype(str) == guarantee]
                 legend = analysis.curve_label(label, None, guarantee, sigma=analysis.single_sigma(subset))
                 curves[legend] = analysis.certified_accuracy_curve(subset, max_radius=max_radius)
+                bands[legend] = analysis.curve_band(curves[legend][1], len(subset))
+                guarantees[legend] = guarantee
         write_atomic(out / "table.md", table)
-        analysis.plot_certified_accuracy(curves, out / "certified_accuracy.png", title="Certified accuracy")
+        if curves:
+            analysis.plot_certified_accuracy(curves, out / "certified_accuracy.png", guarantees=guarantees, bands=bands)
     return table
 
 
@@ -87,21 +101,25 @@ def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit code (0, or the InstaRSError's: 1 data, 2 configuration)."""
     parser = argparse.ArgumentParser(prog="python -m insta_rs.analyze",
                                      description="Certified accuracy and ACR tables for certification TSV files.")
-    parser.add_argument("files", nargs="+", metavar="FILE.tsv", help="certification files (ALGORITHMS.md section 6) or prediction files (predict.tsv)")
-    parser.add_argument("--radii", default=None, help="comma-separated radius grid, e.g. 0,0.25,0.5")
+    parser.add_argument("files", nargs="+", metavar="PATH",
+                        help="certification files (ALGORITHMS.md section 6), prediction files (predict.tsv), run "
+                             "folders or folders of runs")
+    parser.add_argument("--radii", default=None, help="comma-separated radius grid, e.g. 0,0.25,0.5 (default: the "
+                                                      "standard grid up to the largest certified radius, rounded up "
+                                                      "to its step)")
     parser.add_argument("--dataset", default=None,
                         help="standard grid for this data set: imagenet* -> 0,0.5,...,3.5, else 0,0.25,...,2.25")
     parser.add_argument("--out", default=None, metavar="DIR", help="write table.md and certified_accuracy.png here")
     args = parser.parse_args(argv)
     try:
-        radii = parse_radii(args.radii) if args.radii is not None else analysis.radius_grid(args.dataset)
-        table = analyze(args.files, radii, args.out)
+        radii = parse_radii(args.radii) if args.radii is not None else None
+        table = analyze(args.files, radii, args.out, dataset=args.dataset)
     except InstaRSError as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_code
     print(table, end="")
     if args.out is not None:
-        print(f"wrote table.md and certified_accuracy.png in {args.out}")
+        print(f"wrote table.md{' and certified_accuracy.png' if 'ACR' in table else ''} in {args.out}")
     return 0
 
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -75,12 +76,13 @@ _MISSING = _Missing()
 
 @dataclass
 class Run:
-    """One certification file and, for a run directory, its flattened settings."""
+    """One certification (or prediction) file and, for a run directory, its flattened settings."""
 
     tsv: Path
     settings: dict[str, Any] | None = None  # None: a file without a config (e.g. Cohen et al.'s)
     derived: set[str] = field(default_factory=set)  # keys whose value is an interpolation of another key
     notes: list[str] = field(default_factory=list)
+    predict: bool = False  # a PREDICT file (predict.tsv: no radius)
 
 
 def flatten(tree, prefix: str = "") -> dict[str, Any]:
@@ -156,34 +158,16 @@ def read_run_settings(run_dir: Path) -> tuple[dict[str, Any] | None, set[str], l
     return settings, derived, notes
 
 
-def _natural_key(path: Path):
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
-
-
 def collect_runs(paths: Sequence[str | Path]) -> list[Run]:
-    """The certification files named by ``paths`` (see the module docstring), with their settings."""
+    """The certification and prediction files named by ``paths`` (``analysis.run_files``: run folders, folders
+    of them, files), with their settings; a command-line mistake (no such path, no run in a folder, a .json or
+    .png file) is a ConfigError (exit 2)."""
     runs = []
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            if (path / CERTIFY_TSV).is_file():
-                tsvs = [path / CERTIFY_TSV]
-            else:
-                tsvs = sorted(path.rglob(CERTIFY_TSV), key=_natural_key)
-            if not tsvs:
-                hint = (f": it is a training run, certify it first (python certify.py "
-                        f"ckpt_path={path}/checkpoints/last.ckpt)" if (path / "checkpoints").is_dir() else
-                        ": expected a certification run directory, a folder of them, or a TSV file")
-                raise DataError(f"{path}: no {CERTIFY_TSV} in it or below it{hint}")
-        elif path.is_file():
-            tsvs = [path]
-        else:
-            raise DataError(f"{path}: no such file or directory: expected a certification run directory, a folder "
-                            f"of them, or a TSV file")
-        for tsv in tsvs:
-            settings, derived, notes = (read_run_settings(tsv.parent) if tsv.name == CERTIFY_TSV
-                                        else (None, set(), []))
-            runs.append(Run(tsv=tsv, settings=settings, derived=derived, notes=notes))
+    for tsv in analysis.run_files(paths):
+        settings, derived, notes = (read_run_settings(tsv.parent) if tsv.name in analysis.RUN_FILES
+                                    else (None, set(), []))
+        runs.append(Run(tsv=tsv, settings=settings, derived=derived, notes=notes,
+                        predict=analysis.is_prediction_file(tsv)))
     return runs
 
 
@@ -337,8 +321,9 @@ def infer_radii(runs: Sequence[Run]) -> tuple[float, ...]:
 
 @dataclass
 class Comparison:
-    """The result of ``compare``: the table (analysis.comparison_table plus ``source`` and the label
-    settings as columns), its markdown, the curves ({legend: (radii, accuracies)}) and the grid."""
+    """The result of ``compare``: the table (analysis.comparison_table plus ``source``, the label settings and
+    the differences from the reference as columns), its markdown, the curves ({legend: (radii, accuracies)})
+    with their 95% bands and guarantees, the grid, and the PREDICT runs' table (``predictions``)."""
 
     table: pd.DataFrame
     markdown: str
@@ -346,9 +331,14 @@ class Comparison:
     radii: tuple[float, ...]
     notes: list[str]
     group: str = "compare"  # the W&B group: the runs' experiment_name when they share one
+    bands: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    guarantees: dict[str, str] = field(default_factory=dict)  # curve legend -> guarantee label
+    predictions: pd.DataFrame | None = None
+    reference: str | None = None  # what the differences are taken from
 
 
 FIXED_TARGET = "insta_rs.search.base.FixedSigma"
+ENVELOPE_NAMES = ("envelope", analysis.ENVELOPE_LABEL)  # what --reference accepts for the envelope
 
 
 def is_fixed_sigma(run: Run, frame: pd.DataFrame) -> bool:
@@ -372,23 +362,108 @@ def add_envelope(table: pd.DataFrame, runs: Sequence[tuple[str, pd.DataFrame]], 
     table = pd.concat([table.iloc[:at], row, table.iloc[at:]], ignore_index=True)
     note = (f"{analysis.ENVELOPE_LABEL}: at each radius the best certified accuracy among the {len(runs)} sound "
             f"fixed-sigma rows ({'; '.join(label for label, _ in runs)}); from: "
-            + ", ".join(f"r={r:g} {label}" for r, label in sources.items()))
+            + ", ".join(f"r={r:g} {label}" for r, label in sources.items())
+            + ". A maximum over rows is biased upward on a fixed sample: its interval, and every difference from "
+              "it, recompute the maximum in each bootstrap resample.")
     return table, note
 
 
+def _row_frames(table: pd.DataFrame, frames: dict[str, pd.DataFrame], fixed) -> list[pd.DataFrame | None]:
+    """The rows behind each line of the table: the run's rows of that guarantee, the headroom's per-input rows,
+    None for the envelope (a maximum over rows, not rows)."""
+    out = []
+    for run, guarantee in zip(table["run"], table["guarantee"]):
+        if run == analysis.HEADROOM_LABEL:
+            out.append(analysis.per_input_best_rows(fixed))
+        elif run in frames:
+            df = frames[run]
+            out.append(df[df["guarantee"].astype(str) == guarantee])
+        else:
+            out.append(None)
+    return out
+
+
+def choose_reference(table: pd.DataFrame, reference: str | None, envelope: bool) -> int | str | None:
+    """Which line of the table the differences are taken from: ``reference`` (a run label, or ``LABEL
+    (guarantee)`` for a run with rows of several guarantees; ``envelope`` for the envelope), else the envelope
+    with ``envelope``, else the first line; "envelope", a line number, or None for a table of one line.
+    An unknown or ambiguous label is a ConfigError naming the choices."""
+    if reference is None:
+        return "envelope" if envelope else (0 if len(table) > 1 else None)
+    if reference in ENVELOPE_NAMES:
+        if not envelope:
+            raise ConfigError(f"--reference={reference!r} needs --envelope: add --envelope, or name a row")
+        return "envelope"
+    named = [f"{run} ({guarantee})" for run, guarantee in zip(table["run"], table["guarantee"])]
+    matches = [i for i, (run, name) in enumerate(zip(table["run"], named)) if reference in (run, name)]
+    if len(matches) == 1:
+        return matches[0]
+    choices = "; ".join(named if matches == [] else [named[i] for i in matches])
+    raise ConfigError(f"--reference={reference!r} {'is ambiguous' if matches else 'names no row'}: expected one of "
+                      f"{choices}")
+
+
+def add_differences(table: pd.DataFrame, frames: list[pd.DataFrame | None], reference: int | str,
+                    fixed: Sequence[tuple[str, pd.DataFrame]], radii: Sequence[float]) -> tuple[pd.DataFrame, str]:
+    """The table with each line's difference from the reference (``analysis.difference_record``: paired on the
+    common inputs, or unpaired, stated) as columns, and the reference's name."""
+    if reference == "envelope":
+        members, name = [df for _, df in fixed], f"the {analysis.ENVELOPE_LABEL}, recomputed in every resample"
+    else:
+        members = [frames[reference]]
+        name = f"{table['run'][reference]} ({table['guarantee'][reference]})"
+    records = []
+    for i, frame in enumerate(frames):
+        if frame is None or i == reference:
+            records.append({})
+        else:
+            records.append(analysis.difference_record(frame, members, radii, name))
+    columns = analysis.difference_columns(radii)
+    extra = pd.DataFrame.from_records(records, columns=columns, index=table.index)
+    extra["paired_inputs"] = extra["paired_inputs"].astype("Int64")
+    return pd.concat([table, extra], axis=1), name
+
+
+def prediction_rows(runs: Sequence[tuple[str, Run, pd.DataFrame]]) -> pd.DataFrame:
+    """One line per (PREDICT run, guarantee): run, guarantee, rows, accuracy and abstain_rate with their 95%
+    intervals (``analysis.summarize_predictions``), seconds_per_input, source."""
+    records = []
+    for label, run, frame in runs:
+        for guarantee, s in analysis.summarize_predictions_by_guarantee(frame).items():
+            ci = s["intervals"]
+            records.append({"run": label, "guarantee": guarantee, "rows": s["rows"],
+                            **dict(zip(analysis.interval_columns("accuracy"), [s["accuracy"], *(ci["accuracy"] or (None, None))])),
+                            **dict(zip(analysis.interval_columns("abstain_rate"),
+                                       [s["abstain_rate"], *(ci["abstain_rate"] or (None, None))])),
+                            "seconds_per_input": s["seconds_per_input"], "source": str(run.tsv.resolve())})
+    return pd.DataFrame.from_records(records, columns=["run", "guarantee", "rows",
+                                                      *analysis.interval_columns("accuracy"),
+                                                      *analysis.interval_columns("abstain_rate"),
+                                                      "seconds_per_input", "source"])
+
+
 def compare(paths: Sequence[str | Path], radii: Sequence[float] | None = None, dataset: str | None = None,
-            envelope: bool = False) -> Comparison:
+            envelope: bool = False, reference: str | None = None) -> Comparison:
     """Read every run, label it, and build the comparison (module docstring). ``envelope``: add the
-    fixed-sigma envelope of the sound fixed-sigma runs (a row, a dashed curve and a note naming its runs)."""
+    fixed-sigma envelope of the sound fixed-sigma runs (a row, a dashed curve and a note naming its runs), and
+    take the differences from it; ``reference``: the row the differences are taken from (default: the envelope
+    with ``envelope``, else the first row). PREDICT runs get a table of their own."""
     runs = collect_runs(paths)
-    if radii is None:
-        radii = analysis.radius_grid(dataset) if dataset is not None else infer_radii(runs)
-    radii = tuple(float(r) for r in radii)
-    labels, shown = label_runs(runs)
-    frames = [analysis.read_certification(run.tsv) for run in runs]
-    table = analysis.comparison_table(list(zip(labels, frames)), radii)
-    fixed = [(label, df) for label, df, run in zip(labels, frames, runs) if is_fixed_sigma(run, df)]
+    all_labels, shown = label_runs(runs)
+    predicted = [(label, run, analysis.read_predictions(run.tsv)) for label, run in zip(all_labels, runs) if run.predict]
+    certified = [(label, run) for label, run in zip(all_labels, runs) if not run.predict]
+    frames = [analysis.read_certification(run.tsv) for _, run in certified]
     notes = [note for run in runs for note in run.notes]
+    if radii is None:
+        base = analysis.radius_grid(dataset) if dataset is not None else infer_radii(runs)
+        radii = analysis.grid_up_to_reach(base, frames) if frames else base
+        if frames and len(radii) < len(base):
+            notes.append(f"radius grid: 0 to {radii[-1]:g} in steps of {radii[1] - radii[0]:g}: the standard grid up "
+                         f"to the largest certified radius of any row, rounded up to the step (--radii sets another)")
+    radii = tuple(float(r) for r in radii)
+    labels = [label for label, _ in certified]
+    table = analysis.comparison_table(list(zip(labels, frames)), radii)
+    fixed = [(label, df) for (label, run), df in zip(certified, frames) if is_fixed_sigma(run, df)]
     if envelope:
         if not fixed:
             raise DataError("--envelope: none of the runs is a sound fixed-sigma run (sigma_search=fixed, or a "
@@ -398,34 +473,67 @@ def compare(paths: Sequence[str | Path], radii: Sequence[float] | None = None, d
         notes += [note, f"{analysis.HEADROOM_LABEL}: each input scored by the largest radius among the fixed-sigma "
                         "rows that certify it correctly. It needs the labels: not a classifier and no guarantee, but "
                         "the most a rule answering each input with one of those certificates could reach."]
-    markdown = analysis.comparison_markdown(table, radii) + ("".join(f"\n{n}\n" for n in notes[-2:]) if envelope else "")
-    sources = dict(zip(labels, (str(run.tsv) for run in runs)))
+    chosen = choose_reference(table, reference, envelope) if frames else None
+    reference_name = None
+    if chosen is not None:
+        table, reference_name = add_differences(table, _row_frames(table, dict(zip(labels, frames)), fixed), chosen,
+                                                fixed, radii)
+    markdown = analysis.comparison_markdown(table, radii) if frames else ""
+    markdown += "".join(f"\n{n}\n" for n in notes[-2:]) if envelope else ""
+    if reference_name is not None:
+        markdown += "\n" + analysis.difference_markdown(table, radii, reference_name)
+    sources = {label: str(run.tsv.resolve()) for label, run in certified}
     if envelope:
         sources[analysis.ENVELOPE_LABEL] = "envelope of " + ", ".join(sources[label] for label, _ in fixed)
         sources[analysis.HEADROOM_LABEL] = "per-input best of " + ", ".join(sources[label] for label, _ in fixed)
-    settings = dict(zip(labels, shown))
+    settings = dict(zip(all_labels, shown))
     table["source"] = table["run"].map(sources)
     for key in dict.fromkeys(k for pairs in shown for k in pairs):
         table[key] = table["run"].map(lambda label, key=key: settings.get(label, {}).get(key))
-    top = max((float(df.loc[df["correct"] == 1, "radius"].max()) for df in frames if (df["correct"] == 1).any()),
-              default=0.0)
-    max_radius = 1.05 * top if top > 0 else 1.0
-    curves = {}
-    for label, df, run in zip(labels, frames, runs):
-        guarantees = df["guarantee"].astype(str)
-        for guarantee in sorted(set(guarantees), key=analysis._guarantee_rank):
-            rows = df[guarantees == guarantee]
-            curves[curve_legend(label, run, rows, guarantee)] = analysis.certified_accuracy_curve(
-                rows, max_radius=max_radius)
-    if envelope:
-        curves[f"{analysis.ENVELOPE_LABEL} (sound)"] = analysis.envelope_curve(
-            [analysis.certified_accuracy_curve(df, max_radius=max_radius) for _, df in fixed])
-        curves[analysis.HEADROOM_LABEL] = analysis.certified_accuracy_curve(
-            analysis.per_input_best_rows(fixed), max_radius=max_radius)
+    predictions = None
+    if predicted:
+        predictions = prediction_rows(predicted)
+        markdown += ("\n" if markdown else "") + "PREDICT runs (no radius: accuracy and abstain rate):\n\n" \
+            + analysis.prediction_table({label: analysis.summarize_predictions_by_guarantee(df)
+                                         for label, _, df in predicted})
+    advice = analysis.sample_size_advice(table, radii) if frames else None
+    if advice:
+        markdown += "\n" + advice + "\n"
+    curves, bands, guarantees = comparison_curves(certified, frames, fixed, envelope)
     experiments = {run.settings.get("experiment_name", run.settings.get(CERTIFY_PREFIX + "experiment_name"))
                    for run in runs if run.settings is not None}
     group = next(iter(experiments)) if len(experiments) == 1 and None not in experiments else "compare"
-    return Comparison(table=table, markdown=markdown, curves=curves, radii=radii, notes=notes, group=group)
+    return Comparison(table=table, markdown=markdown, curves=curves, radii=radii, notes=notes, group=group,
+                      bands=bands, guarantees=guarantees, predictions=predictions, reference=reference_name)
+
+
+def comparison_curves(certified: Sequence[tuple[str, Run]], frames: Sequence[pd.DataFrame],
+                      fixed: Sequence[tuple[str, pd.DataFrame]], envelope: bool):
+    """({legend: (radii, accuracies)}, {legend: 95% band}, {legend: guarantee}) for the figure: one curve per
+    (run, guarantee) on one fine grid, and with ``envelope`` the envelope's and the headroom's."""
+    top = max((float(df.loc[df["correct"] == 1, "radius"].max()) for df in frames if (df["correct"] == 1).any()),
+              default=0.0)
+    max_radius = 1.05 * top if top > 0 else 1.0
+    curves, bands, guarantees = {}, {}, {}
+    for (label, run), df in zip(certified, frames):
+        labels = df["guarantee"].astype(str)
+        for guarantee in sorted(set(labels), key=analysis._guarantee_rank):
+            rows = df[labels == guarantee]
+            legend = curve_legend(label, run, rows, guarantee)
+            curves[legend] = analysis.certified_accuracy_curve(rows, max_radius=max_radius)
+            bands[legend] = analysis.curve_band(curves[legend][1], len(rows))
+            guarantees[legend] = guarantee
+    if envelope:
+        legend = f"{analysis.ENVELOPE_LABEL} (sound)"
+        curves[legend] = analysis.envelope_curve(
+            [analysis.certified_accuracy_curve(df, max_radius=max_radius) for _, df in fixed])
+        bands[legend] = analysis.envelope_band([df for _, df in fixed], curves[legend][0])
+        guarantees[legend] = "sound"
+        headroom = analysis.per_input_best_rows(fixed)
+        curves[analysis.HEADROOM_LABEL] = analysis.certified_accuracy_curve(headroom, max_radius=max_radius)
+        bands[analysis.HEADROOM_LABEL] = analysis.curve_band(curves[analysis.HEADROOM_LABEL][1], len(headroom))
+        guarantees[analysis.HEADROOM_LABEL] = analysis.HEADROOM_GUARANTEE
+    return curves, bands, guarantees
 
 
 def curve_legend(label: str, run: Run, rows: pd.DataFrame, guarantee: str) -> str:
@@ -447,8 +555,35 @@ def curve_legend(label: str, run: Run, rows: pd.DataFrame, guarantee: str) -> st
                                 n=settings.get("certify.n"), alpha=settings.get("certify.alpha"))
 
 
+CSV_DECIMALS = 6
+
+
+def csv_table(result: Comparison) -> pd.DataFrame:
+    """compare.csv's table: the comparison's lines, then the PREDICT runs' (a ``mode`` column tells them apart),
+    numbers to CSV_DECIMALS places: an interval's ends rounded outward (``_lo`` down, ``_hi`` up) so the
+    written interval contains the computed one, ACR down (it is a mean of radii), the rest to the nearest."""
+    table = result.table.assign(mode="certify")
+    if result.predictions is not None:
+        table = pd.concat([table, result.predictions.assign(mode="predict")], ignore_index=True)
+    scale = 10.0 ** CSV_DECIMALS
+    for column in table.columns:
+        values = pd.to_numeric(table[column], errors="coerce") if table[column].dtype == object else table[column]
+        if column in ("rows", "paired_inputs") or not pd.api.types.is_float_dtype(values) \
+                or values.notna().sum() != table[column].notna().sum():
+            continue
+        if column.endswith("_lo"):
+            table[column] = np.floor(values * scale) / scale
+        elif column.endswith("_hi"):
+            table[column] = np.ceil(values * scale) / scale
+        elif column in ("acr",):
+            table[column] = np.floor(values * scale) / scale
+        else:
+            table[column] = values.round(CSV_DECIMALS)
+    return table
+
+
 def write_outputs(result: Comparison, out: str | Path) -> list[Path]:
-    """DIR/compare.md, DIR/compare.csv, DIR/compare.png (atomically, via tracking/analysis helpers)."""
+    """DIR/compare.md, DIR/compare.csv (``csv_table``) and, when there are curves, DIR/compare.png, atomically."""
     from .certification_file import write_atomic
 
     out = Path(out)
@@ -457,11 +592,15 @@ def write_outputs(result: Comparison, out: str | Path) -> list[Path]:
     except OSError as error:
         raise ConfigError(f"--out={str(out)!r} cannot be created ({error.strerror}): expected a writable folder") from None
     write_atomic(out / "compare.md", result.markdown)
-    write_atomic(out / "compare.csv", result.table.to_csv(index=False))
-    analysis.plot_certified_accuracy(result.curves, out / "compare.png", title="Certified accuracy",
-                                     dashed=[label for label in result.curves
-                                             if label.startswith((analysis.ENVELOPE_LABEL, analysis.HEADROOM_LABEL))])
-    return [out / "compare.md", out / "compare.csv", out / "compare.png"]
+    write_atomic(out / "compare.csv", csv_table(result).to_csv(index=False))
+    written = [out / "compare.md", out / "compare.csv"]
+    if result.curves:
+        analysis.plot_certified_accuracy(result.curves, out / "compare.png", guarantees=result.guarantees,
+                                         bands=result.bands,
+                                         dashed=[label for label in result.curves
+                                                 if label.startswith((analysis.ENVELOPE_LABEL, analysis.HEADROOM_LABEL))])
+        written.append(out / "compare.png")
+    return written
 
 
 def log_comparison_to_wandb(result: Comparison, run_dir: str | Path, mode: str = "offline",
@@ -474,17 +613,21 @@ def log_comparison_to_wandb(result: Comparison, run_dir: str | Path, mode: str =
 
     first = next(iter(result.curves.values()), ([], []))
     xs = [float(r) for r in first[0]]
-    table = result.table.astype(object).where(result.table.notna(), None)
+    frame = csv_table(result)
+    table = frame.astype(object).where(frame.notna(), None)
     run = wandb.init(dir=str(run_dir), mode=mode, project=project, group=group, job_type="compare",
-                     config={"radii": list(result.radii), "sources": sorted(set(result.table["source"]))},
+                     config={"radii": list(result.radii), "sources": sorted(set(frame["source"].dropna())),
+                             "reference": result.reference},
                      reinit="finish_previous")
     try:
-        run.log({
-            "compare/table": wandb.Table(dataframe=table),
-            "compare/curve": wandb.plot.line_series(xs=xs, ys=[list(acc) for _, acc in result.curves.values()],
-                                                    keys=list(result.curves), title="Certified accuracy",
-                                                    xname="radius (L2)"),
-        })
+        logged = {"compare/table": wandb.Table(dataframe=table)}
+        if result.curves:
+            uncertified = any(g not in analysis.CERTIFIED_GUARANTEES for g in result.guarantees.values())
+            logged["compare/curve"] = wandb.plot.line_series(
+                xs=xs, ys=[list(acc) for _, acc in result.curves.values()], keys=list(result.curves),
+                title="Accuracy at radius r (instance rows are not certificates)" if uncertified
+                else "Certified accuracy", xname="radius (L2)")
+        run.log(logged)
         location = wandb_location(run, mode)
     finally:
         run.finish()
@@ -507,14 +650,19 @@ def main(argv: list[str] | None = None) -> int:
                                      description="One table and one overlaid certified-accuracy curve for several "
                                                  "certification runs, labelled by the settings that differ.")
     parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="certification run directories, folders of them, or certification TSV files")
-    parser.add_argument("--radii", default=None, help="comma-separated radius grid, e.g. 0,0.25,0.5")
+                        help="certification or PREDICT run directories, folders of them, or their TSV files")
+    parser.add_argument("--radii", default=None, help="comma-separated radius grid, e.g. 0,0.25,0.5 (default: the "
+                                                      "standard grid up to the largest certified radius, rounded up "
+                                                      "to its step)")
     parser.add_argument("--dataset", default=None,
                         help="standard grid for this data set: imagenet* -> 0,0.5,...,3.5, else 0,0.25,...,2.25")
     parser.add_argument("--out", default=None, metavar="DIR", help="write compare.md, compare.csv, compare.png here")
     parser.add_argument("--envelope", action="store_true",
                         help="add the fixed-sigma envelope: at each radius the best certified accuracy among the "
                              "sound fixed-sigma runs given (a row, a dashed curve, and a note naming its runs)")
+    parser.add_argument("--reference", default=None, metavar="LABEL",
+                        help="the row the differences are taken from: a run label as printed (or 'LABEL (guarantee)'),"
+                             " or 'envelope' (the default with --envelope; else the first row)")
     parser.add_argument("--wandb", nargs="?", const="offline", default=None, metavar="MODE",
                         help="log the table and curves to W&B (MODE: offline, the default, or online)")
     parser.add_argument("--wandb-project", default="insta-rs", help="W&B project (default insta-rs)")
@@ -523,7 +671,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.wandb is not None and args.wandb not in ("offline", "online"):
             raise ConfigError(f"--wandb={args.wandb!r} is invalid: expected offline or online")
         radii = parse_radii(args.radii) if args.radii is not None else None
-        result = compare(args.paths, radii=radii, dataset=args.dataset, envelope=args.envelope)
+        result = compare(args.paths, radii=radii, dataset=args.dataset, envelope=args.envelope,
+                         reference=args.reference)
         written = write_outputs(result, args.out) if args.out is not None else []
         location = None
         if args.wandb is not None:

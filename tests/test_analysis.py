@@ -12,14 +12,17 @@ import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import zlib
 from pathlib import Path
 
 import pytest
+from scipy.stats import binomtest
 
 from insta_rs import analysis
+from insta_rs import intervals as insta_intervals
 from insta_rs.analyze import main
 from insta_rs.errors import ConfigError, DataError
 
@@ -109,12 +112,27 @@ def test_cohen_file_read_and_summarized_by_hand(tmp_path):
     assert s["sigma_quantiles"] is None
     json.dumps(s)  # plain Python values: summary.json is written from these
 
+    # the intervals: exact Clopper-Pearson for k of 6 (scipy's binomtest(k, 6).proportion_ci(method="exact"),
+    # 4/6: [0.2228, 0.9567], 3/6: [0.1181, 0.8819], 2/6: [0.0433, 0.7772], 0/6: [0, 1 - 0.025 ** (1/6) = 0.4593],
+    # 1/6: [0.0042, 0.6412]), printed rounded outward; ACR's is the seeded bootstrap of radius * correct
+    intervals = s["intervals"]
+    assert intervals["confidence"] == 0.95 and set(intervals["certified_accuracy"]) == set(COHEN_ACC)
+    assert intervals["certified_accuracy"][0.0] == pytest.approx([0.22277, 0.95673], abs=1e-5)
+    assert intervals["certified_accuracy"][2.5] == pytest.approx([0.0, 1 - 0.025 ** (1 / 6)], abs=1e-12)
+    assert intervals["abstain_rate"] == pytest.approx([0.00421, 0.64123], abs=1e-5)
+    assert intervals["acr"] == pytest.approx(list(insta_intervals.mean_interval(
+        [0.5, 1.2, 0.0, 0.0, 0.25, 2.4])), abs=1e-12)
+    lo, hi = intervals["acr"]
+    assert 0 <= lo < COHEN_ACR < hi <= 2.4
     table = analysis.markdown_table({"cohen": analysis.summarize_by_guarantee(df, RADII)}, RADII)
-    assert table == (
+    acr = f"0.725 [{math.floor(lo * 1000) / 1000:.3f}, {math.ceil(hi * 1000) / 1000:.3f}]"
+    assert table.startswith(
         "| run | guarantee | rows | ACR | acc@0 | acc@0.25 | acc@0.5 | acc@1 | acc@2.5 | abstain |\n"
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
-        "| cohen | sound | 6 | 0.725 | 0.667 | 0.667 | 0.500 | 0.333 | 0.000 | 0.167 |\n"
+        f"| cohen | sound | 6 | {acr} | 0.667 [0.222, 0.957] | 0.667 [0.222, 0.957] | 0.500 [0.118, 0.882] "
+        "| 0.333 [0.043, 0.778] | 0.000 [0.000, 0.460] | 0.167 [0.004, 0.642] |\n"
     )
+    assert analysis.INTERVAL_NOTE in table
 
 
 def test_metric_functions_on_arrays():
@@ -200,6 +218,13 @@ def test_published_cohen_file_reproduces_their_table(tmp_path):
     rows = [line.split("\t") for line in text.decode().splitlines()[1:]]
     assert s["abstain_rate"] == sum(r[2] == "-1" for r in rows) / 500
     assert s["acr"] == pytest.approx(sum(float(r[3]) * int(r[4]) for r in rows) / 500, rel=1e-12)
+    # now with intervals: exact binomial ones for 300, 214, 133 of 500 (scipy's), a bootstrap one around ACR
+    for r, k in zip((0.25, 0.5, 0.75), (300, 214, 133)):
+        exact = binomtest(k, 500).proportion_ci(confidence_level=0.95, method="exact")
+        assert s["intervals"]["certified_accuracy"][r] == pytest.approx([exact.low, exact.high], rel=1e-9)
+    lo, hi = s["intervals"]["acr"]
+    assert lo < s["acr"] < hi and hi - lo < 0.1
+    assert json.loads(json.dumps(s))["intervals"]["certified_accuracy"]["0.25"] == s["intervals"]["certified_accuracy"][0.25]
 
 
 # --------------------------------------------------------------------------------------------- our layout
@@ -233,7 +258,7 @@ def test_two_guarantee_labels_give_separate_summaries(tmp_path):
     assert pooled["guarantee"] == "mixed"  # pooling says so
     table = analysis.markdown_table({"run": by}, (0.0, 0.5, 1.0), label_header="method")
     assert table.splitlines()[0] == "| method | guarantee | rows | ACR | acc@0 | acc@0.5 | acc@1 | abstain |"
-    assert table.splitlines()[2:] == [
+    assert [re.sub(r" \[[0-9.]+, [0-9.]+\]", "", line) for line in table.splitlines()[2:4]] == [
         "| run | instance | 5 | 0.840 | 0.600 | 0.400 | 0.400 | 0.200 |",
         "| run | sound | 3 | 0.400 | 0.667 | 0.333 | 0.000 | 0.333 |",
     ]
@@ -302,7 +327,7 @@ def is_png(path: Path) -> bool:
 def test_plots_are_written_atomically(tmp_path):
     df = analysis.read_certification(write(tmp_path / "cohen.tsv", COHEN_TSV))
     out = tmp_path / "plots" / "curve.png"
-    analysis.plot_certified_accuracy({"cohen (sound)": analysis.certified_accuracy_curve(df)}, out, title="t")
+    analysis.plot_certified_accuracy({"cohen (sound)": analysis.certified_accuracy_curve(df)}, out, subject="t")
     assert is_png(out)
     for name, sigmas in [("spread", [0.1, 0.2, 0.5, 1.0, float("nan")]), ("flat", [0.25] * 4), ("none", [float("nan")])]:
         analysis.plot_sigma_histogram(sigmas, tmp_path / f"{name}.png", title=name)
@@ -340,16 +365,17 @@ def test_cli_main_prints_table_and_writes_outputs(tmp_path, capsys):
     out = tmp_path / "out"
     assert main([str(cohen), str(ours), "--radii", "0,0.5,1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    expected_rows = [
+    expected_rows = [  # without the intervals (test_cohen_file_read_and_summarized_by_hand checks them)
         "| cohen | sound | 6 | 0.725 | 0.667 | 0.500 | 0.333 | 0.167 |",
         "| run_a | instance | 5 | 0.840 | 0.600 | 0.400 | 0.400 | 0.200 |",  # labelled by the folder of certify.tsv
         "| run_a | sound | 3 | 0.400 | 0.667 | 0.333 | 0.000 | 0.333 |",
     ]
     table = (out / "table.md").read_text()
-    assert table.splitlines()[2:5] == expected_rows
-    # sound and instance rows in one table: the note compare prints, from the one function both use
-    assert table.endswith(analysis.guarantee_note(["instance", "sound"]))
-    assert "Guarantees differ between rows (sound, instance)" in table
+    assert [re.sub(r" \[[0-9.]+, [0-9.]+\]", "", line) for line in table.splitlines()[2:5]] == expected_rows
+    assert "| 0.333 [0.008, 0.906] |" in table  # abstain 1 of 3: scipy's exact interval, rounded outward
+    # sound and instance rows in one table: the notes compare prints, from the one function both use
+    assert table.endswith(analysis.table_notes(["instance", "sound"]))
+    assert "Guarantees differ between rows (sound, instance)" in table and analysis.INSTANCE_NOTE in table
     assert printed.startswith(table)
     assert is_png(out / "certified_accuracy.png")
     # one guarantee: no note
@@ -382,7 +408,10 @@ def test_cli_dataset_grid(tmp_path, capsys):
     cohen, _ = make_runs(tmp_path)
     assert main([str(cohen), "--dataset", "imagenet"]) == 0
     header = capsys.readouterr().out.splitlines()[0]
-    assert header.endswith("| acc@0 | acc@0.5 | acc@1 | acc@1.5 | acc@2 | acc@2.5 | acc@3 | acc@3.5 | abstain |")
+    # ImageNet's grid up to the largest certified radius (2.4) rounded up to its step: 2.5, not 3.5
+    assert header.endswith("| acc@0 | acc@0.5 | acc@1 | acc@1.5 | acc@2 | acc@2.5 | abstain |")
+    assert main([str(cohen), "--dataset", "imagenet", "--radii", "0,3,3.5"]) == 0  # --radii: as given
+    assert capsys.readouterr().out.splitlines()[0].endswith("| acc@0 | acc@3 | acc@3.5 | abstain |")
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -391,10 +420,32 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main([str(cohen), str(bad)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing column 'radius'" in err and "bad.tsv" in err
-    assert main([str(tmp_path / "missing.tsv")]) == 1
-    assert "missing.tsv" in capsys.readouterr().err
     assert main([str(cohen), "--radii", "0,abc"]) == ConfigError.exit_code == 2
     assert "--radii" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["summary.json", "certified_accuracy.png", "empty_folder", "missing.tsv"])
+def test_paths_that_are_not_tables_are_command_line_errors(tmp_path, capsys, name):
+    """A .json or .png file, a folder with no run in it, a path that does not exist: a mistake in the command
+    line, so exit 2 with one line naming the path."""
+    path = tmp_path / name
+    if name == "empty_folder":
+        path.mkdir()
+    elif name != "missing.tsv":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" if name.endswith(".png") else b'{"acr": 0.4}')
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and name in err and "Traceback" not in err
+
+
+def test_analyze_takes_run_folders_as_compare_does(tmp_path, capsys):
+    cohen, ours = make_runs(tmp_path)
+    write(tmp_path / "sweep" / "0" / "certify.tsv", COHEN_TSV)
+    write(tmp_path / "sweep" / "1" / "predict.tsv", "idx\tlabel\tpredict\tcorrect\ttime\n0\t1\t1\t1\t0.5\n")
+    assert main([str(ours.parent), str(tmp_path / "sweep"), "--radii", "0,0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "| run_a | instance | 5 |" in out and "| sweep/0 | sound | 6 | 0.725" in out
+    assert "| sweep/1 | sound | 1 | 1.000 [0.025, 1.000] |" in out  # a predict.tsv: accuracy 1 of 1
 
 
 def test_cli_as_a_module(tmp_path):
@@ -403,12 +454,12 @@ def test_cli_as_a_module(tmp_path):
     result = subprocess.run([sys.executable, "-m", "insta_rs.analyze", str(cohen), str(ours), "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "MPLBACKEND": "Agg"})
     assert result.returncode == 0, result.stderr
-    assert "| cohen | sound | 6 | 0.725 | 0.667 | 0.667 | 0.500 |" in result.stdout  # CIFAR-10 grid by default
-    assert (out / "table.md").read_text().splitlines()[2].startswith("| cohen | sound | 6 | 0.725 |")
+    assert "| cohen | sound | 6 | 0.725 [" in result.stdout and "| acc@2.25 | abstain |" in result.stdout  # CIFAR-10
+    assert (out / "table.md").read_text().splitlines()[2].startswith("| cohen | sound | 6 | 0.725 [")
     assert is_png(out / "certified_accuracy.png")
     failed = subprocess.run([sys.executable, "-m", "insta_rs.analyze", str(tmp_path / "missing.tsv")],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert failed.returncode == 1 and failed.stderr.count("\n") == 1 and "missing.tsv" in failed.stderr
+    assert failed.returncode == 2 and failed.stderr.count("\n") == 1 and "missing.tsv" in failed.stderr
 
 
 def test_reads_what_the_certification_log_writes(tmp_path):
