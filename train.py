@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from insta_rs.cli import settings as cli_settings
 from insta_rs.cli import (build_group, check_group_choices, data_errors, pinned_sweep_dir, register_configs, resolved,
-                          run_hydra, share_sweep_dir_with_ranks, training_loggers, user_errors)
+                          run_hydra, share_sweep_dir_with_ranks, training_loggers, user_errors, wandb_run_record)
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -60,6 +60,7 @@ def train(cfg: DictConfig) -> float | None:
     model = instantiate(cfg.model, num_classes=info.num_classes, input_shape=tuple(info.input_shape),
                         mean=tuple(info.mean), std=tuple(info.std))
     config = OmegaConf.to_container(cfg, resolve=True)
+    config["wandb_run"] = wandb_run_record(cfg)  # its certifications take up its W&B name and group
     module = SmoothingClassifier(model, info.num_classes, settings, config=config, dataset_info=dataclasses.asdict(info),
                                  num_train=len(source.split("train")), run_dir=run_dir, seed=cfg.seed)
     loggers = training_loggers(cfg)

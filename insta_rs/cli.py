@@ -32,7 +32,10 @@ def user_errors(fn):
         from omegaconf.errors import OmegaConfBaseException
 
         release_stderr()  # the config composed: from here on, errors are ours
+        from .tracking import console_log
 
+        log = contextlib.ExitStack()  # <run dir>/<job>.log keeps what the console says from here on
+        log.enter_context(console_log(job_log_path()))
         # W&B's console chatter drowns the results table; its runs still land under <run dir>/wandb
         os.environ.setdefault("WANDB_SILENT", "true")
         quiet_lightning()
@@ -46,6 +49,11 @@ def user_errors(fn):
         except KeyboardInterrupt:
             print(f"interrupted: {resume_hint()}", file=sys.stderr)
             sys.exit(130)
+        except SystemExit as exit_:
+            if not isinstance(exit_.code, str):
+                raise
+            print(exit_.code, file=sys.stderr)  # e.g. "certification stopped by SIGTERM ...": in the log too
+            sys.exit(1)
         except Exception as error:
             cause = user_error_cause(error)
             if cause is not None:
@@ -57,8 +65,21 @@ def user_errors(fn):
             raise
         finally:
             finish_wandb()
+            log.close()
 
     return wrapper
+
+
+def job_log_path() -> Path | None:
+    """``<run dir>/<job name>.log`` (train.log, certify.log) of this Hydra job, on rank 0 (None on the other
+    ranks, whose console rank 0 logs, and outside a Hydra job)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        config = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None
+    return Path(config.runtime.output_dir) / f"{config.job.name}.log" if is_rank_zero() else None
 
 
 PLUMBING_GROUPS = ("callbacks", "logger", "paths", "print_config")  # left out of the printed config
@@ -443,15 +464,30 @@ def training_name(cfg) -> str:
 
 
 def wandb_settings(cfg):
-    """The certification run's W&B settings from ``logger.wandb`` (None when that logger is off)."""
+    """The certification run's W&B settings from ``logger.wandb`` (None when that logger is off). The group is
+    None (the trained run's, recorded in the checkpoint) unless ``logger.wandb.group`` was set to a value."""
+    from omegaconf import OmegaConf
+
     from .certification import WandbSettings
 
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if wandb_cfg is None:
         return None
+    group = None if OmegaConf.is_interpolation(wandb_cfg, "group") else wandb_cfg.get("group")
     return WandbSettings(mode="offline" if wandb_cfg.get("offline", True) else "online",
-                         project=wandb_cfg.get("project", "insta-rs"), group=wandb_cfg.get("group"),
-                         config=resolved(cfg))
+                         project=wandb_cfg.get("project", "insta-rs"), group=group, config=resolved(cfg))
+
+
+def wandb_run_record(cfg) -> dict:
+    """The training run's W&B name and group (``tracking.trained_run_record``), which train.py records in the
+    run's config, so the checkpoint's certifications are named after it and join its group: the name W&B
+    gets (``logger.wandb.name``, else ``training_name``) and ``logger.wandb.group`` (else the experiment's
+    name, else ``adhoc``), also when the training itself does not log to W&B."""
+    from .tracking import trained_run_record
+
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb") or {}
+    group = wandb_cfg.get("group") or cfg.get("experiment_name") or "adhoc"
+    return trained_run_record(wandb_cfg.get("name") or training_name(cfg), group)
 
 
 def method_spec(node, trained) -> dict:

@@ -23,6 +23,9 @@ The library does not import Hydra: the entry point builds the trainer from ``con
 
 from __future__ import annotations
 
+import sys
+import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -146,29 +149,54 @@ class RowWriter(BasePredictionWriter):
 
 
 class Progress:
-    """A tqdm bar on rank 0: inputs done (resumed rows included), the running certified accuracy at radius 0
+    """Progress on rank 0: inputs done (resumed rows included), the running certified accuracy at radius 0
     over every row so far (``metric``: its name; PREDICT's rows: plain accuracy), and the ETA. ``resumed`` is
-    the number of rows done before and ``resumed_correct`` how many of them were correct."""
+    the number of rows done before and ``resumed_correct`` how many of them were correct. On a terminal, a
+    tqdm bar; when stderr is redirected (a file, a pipe, a batch job's log), plain lines instead, one every
+    ``PLAIN_EVERY_S`` seconds and one at the end, so the output holds no line of carriage returns."""
+
+    PLAIN_EVERY_S = 30.0
 
     def __init__(self, total: int, resumed: int, resumed_correct: int, label: str = "certify",
                  metric: str = "cert_acc_r0"):
         self.total, self.rows, self.correct, self.label, self.metric = total, resumed, resumed_correct, label, metric
         self.bar = None
+        self.plain = None  # (start time, rows at start, time of the last line) when writing plain lines
 
     def advance(self, row: dict) -> None:
-        if self.bar is None:
-            from tqdm import tqdm
+        if self.bar is None and self.plain is None:
+            if sys.stderr.isatty():
+                from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, initial=self.rows, desc=self.label, unit="input", dynamic_ncols=True)
+                self.bar = tqdm(total=self.total, initial=self.rows, desc=self.label, unit="input",
+                                dynamic_ncols=True)
+            else:
+                self.plain = [time.monotonic(), self.rows, time.monotonic()]
         self.rows += 1
         self.correct += int(row["correct"])
-        self.bar.update(1)
-        self.bar.set_postfix({self.metric: f"{self.correct / self.rows:.3f}"})
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({self.metric: f"{self.correct / self.rows:.3f}"})
+        elif time.monotonic() - self.plain[2] >= self.PLAIN_EVERY_S or self.rows == self.total:
+            self._line()
+
+    def _line(self) -> None:
+        """``<label>: <rows>/<total> inputs, <metric> <value>, <elapsed> s, ETA <seconds> s``."""
+        start, first, _ = self.plain
+        elapsed = time.monotonic() - start
+        rate = (self.rows - first) / elapsed if elapsed > 0 else 0.0
+        eta = f", ETA {(self.total - self.rows) / rate:.0f} s" if rate > 0 and self.rows < self.total else ""
+        print(f"{self.label}: {self.rows}/{self.total} inputs, {self.metric} {self.correct / self.rows:.3f}, "
+              f"{elapsed:.0f} s{eta}", file=sys.stderr, flush=True)
+        self.plain[2] = time.monotonic()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.plain is not None and self.rows < self.total:  # stopped early (SIGTERM): where it stopped
+            self._line()
+        self.plain = None
 
 
 def certify_sharded(certifier, dataset, selected: Sequence[int], tsv_path: str | Path, settings: dict,
@@ -194,8 +222,11 @@ def certify_sharded(certifier, dataset, selected: Sequence[int], tsv_path: str |
             writer.progress.label = f"{writer.progress.label} (rank 0's share)"
     # the trainer runs even when nothing is left, so that only global rank 0 merges (ranks started by SLURM
     # or torchrun all reach this point); a rank without inputs skips the predict loop
-    trainer.predict(CertificationModule(certifier), dataloaders=certification_loader(
-        dataset, todo, certifier.rows_per_group), return_predictions=False)
+    with warnings.catch_warnings():
+        if not todo:  # a finished run, rerun: nothing to certify is what it asked for
+            warnings.filterwarnings("ignore", message="Total length of `DataLoader` across ranks is zero")
+        trainer.predict(CertificationModule(certifier), dataloaders=certification_loader(
+            dataset, todo, certifier.rows_per_group), return_predictions=False)
     trainer.strategy.barrier("certify_sharded")  # every shard is complete before rank 0 merges
     if trainer.is_global_zero and (trainer.world_size > 1 or shard_paths(tsv_path.parent)):
         merge_shards(tsv_path, settings, columns, selected)

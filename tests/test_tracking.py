@@ -1,13 +1,15 @@
 """W&B for training runs (insta_rs.tracking.WandbLogger): a readable run name, one run id across a resume, the
-checkpoints as an artifact behind a switch; and a console without the stack's noise (insta_rs.cli.quiet_lightning),
-checked on the real train.py with Python's warnings shown as a user sees them."""
+checkpoints as an artifact behind a switch; certification and PREDICT runs named after the trained run and the
+method, in its group, logged once; the run's log file (insta_rs.tracking.console_log) keeping what the console
+said; and a console without the stack's noise (insta_rs.cli.quiet_lightning), checked on the real train.py with
+Python's warnings shown as a user sees them."""
 
 from __future__ import annotations
 
 import pytest
 
 from conftest import run_script
-from insta_rs.tracking import RUN_ID_FILE, continued_run_id, training_run_name
+from insta_rs.tracking import RUN_ID_FILE, certification_run_name, console_log, continued_run_id, training_run_name
 from wandb_offline import offline_runs
 
 # what train.py printed on every run before these were silenced (issue 14): none of it may come back
@@ -54,6 +56,14 @@ def test_resumed_training_continues_its_wandb_run_under_a_readable_name(tmp_path
     assert [r["id"] for r in runs] == [run_id, run_id]
     assert all(r["folder"].name.endswith(f"-{run_id}") for r in runs)
     assert [r["name"] for r in runs] == ["digits-small_cnn-gaussian-sigma0.25"] * 2
+    # the checkpoint records the training's W&B name and group, for its certifications
+    assert [r["config"]["wandb_run"] for r in runs] == [{"name": "digits-small_cnn-gaussian-sigma0.25",
+                                                         "group": "adhoc"}] * 2
+    # train.log keeps what the console said, both runs of the folder
+    log = (run / "train.log").read_text()
+    for line in [*first.stdout.splitlines(), *second.stdout.splitlines()]:
+        assert line in log
+    assert log.count("trained 1 epochs") == 1 and log.count("trained 2 epochs") == 1
     assert [r["job_type"] for r in runs] == ["train", "train"]
     assert [r["config"]["train"]["epochs"] for r in runs] == [1, 2]
     assert runs[0]["artifacts"] == []
@@ -83,3 +93,65 @@ def test_ddp_training_console_is_quiet(tmp_path):
     assert noise_in(result.stderr) == []
     assert "trained 1 epochs" in result.stdout
     assert_config_printed(result.stdout, "train")  # by rank 0 alone
+
+
+def test_certification_run_name_says_the_trained_run_and_the_method():
+    assert certification_run_name("digits-small_cnn-gaussian-sigma0.25", "fixed", {"sigma": 0.25}, 100_000, 0.001) == \
+        "digits-small_cnn-gaussian-sigma0.25 / fixed sigma=0.25 (n=100000, alpha=0.001)"
+    assert certification_run_name("m", "grid", {"levels": [1.0, 0.5, 0.25], "p0": 0.5}, 2000, 0.001) == \
+        "m / grid levels=1,0.5,0.25 (n=2000, alpha=0.001)"
+    assert certification_run_name("m", "insta_rs", {"m": 64}, 1000, 0.01, mode="predict") == \
+        "m / predict: insta_rs (n=1000, alpha=0.01)"
+
+
+def test_certification_and_predict_runs_join_the_trained_run_once(trained_digits, tmp_path):
+    """certify.py and PREDICT with offline W&B on the shared digits model: each run is named after the trained run
+    and the method, in the training run's group, with the sigma used in its config (not sigma_search.sigma: None)
+    and no config key ''; rerunning the finished certification logs no second run and prints no Lightning
+    warning; certify.log keeps the console of both runs, with plain progress lines (output is not a terminal)."""
+    ckpt = f"ckpt_path={trained_digits}/checkpoints/last.ckpt"
+    cert, pred = tmp_path / "cert", tmp_path / "pred"
+    settings = [ckpt, "certify=fast", "certify.max=3", "certify.n0=16", "certify.n=64", "logger=wandb"]
+    first = run_script("certify.py", *settings, f"hydra.run.dir={cert}")
+    again = run_script("certify.py", *settings, f"hydra.run.dir={cert}", "print_config=false")
+    run_script("certify.py", *settings, "certify.mode=predict", f"hydra.run.dir={pred}", "print_config=false")
+    (trained,) = offline_runs(trained_digits)
+    expected = {"certify": f"{trained['name']} / fixed sigma=0.25 (n=64, alpha=0.001)",
+                "predict": f"{trained['name']} / predict: fixed sigma=0.25 (n=64, alpha=0.001)"}
+    for folder, job_type in ((cert, "certify"), (pred, "predict")):
+        (run,) = offline_runs(folder)  # one run: the rerun logged none
+        assert (run["name"], run["group"], run["job_type"]) == (expected[job_type], trained["group"], job_type)
+        assert run["config"]["sigma_search"]["sigma"] == 0.25 and run["config"]["trained"]["name"] == trained["name"]
+        assert "" not in run["config"]
+        assert [(kind, files) for _, kind, files in run["artifacts"] if kind == "certification"] == \
+            [("certification", [f"{job_type}.tsv"])]
+    assert "already logged as run" in again.stdout and "Total length of `DataLoader`" not in again.stderr
+    log = (cert / "certify.log").read_text()
+    for line in [*first.stdout.splitlines(), *first.stderr.splitlines(), *again.stdout.splitlines()]:
+        assert line in log
+    assert "\r" not in first.stderr + log and "certify: 3/3 inputs, cert_acc_r0" in first.stderr
+    assert "resuming after 3 of 3 rows" in log
+
+
+def test_console_log_keeps_prints_logging_and_a_progress_bars_last_state(tmp_path, capsys):
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)  # as Hydra's console handler: given the stream at start-up
+    logger = logging.getLogger("insta_rs.test_console_log")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with console_log(tmp_path / "job.log"):
+            print("table")
+            logger.info("a logging record")
+            sys.stderr.write("bar 1/3\rbar 2/3\rbar 3/3\n")
+            sys.stderr.write("bar 1/9\rbar 4/9")  # stopped without its newline
+        with console_log(tmp_path / "job.log"):  # a rerun appends
+            print("resumed")
+        print("after")
+    finally:
+        logger.removeHandler(handler)
+    assert (tmp_path / "job.log").read_text() == "table\na logging record\nbar 3/3\nbar 4/9\nresumed\n"
+    console = capsys.readouterr()
+    assert console.out == "table\nresumed\nafter\n" and "bar 1/3\rbar 2/3" in console.err

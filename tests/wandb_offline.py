@@ -58,7 +58,7 @@ def wait_complete(path: str | Path, timeout: float = 30.0) -> list:
 
 def offline_runs(run_dir: str | Path) -> list[dict]:
     """Every offline W&B run under ``run_dir/wandb``, oldest first: {id, name, group, job_type, config (the
-    last value of each key), artifacts [(name, type, [file paths])], folder}."""
+    last value of each key, nested keys as nested dicts), artifacts [(name, type, [file paths])], folder}."""
     runs = []
     for folder in sorted(Path(run_dir, "wandb").glob("offline-run-*")):
         (run_file,) = folder.glob("run-*.wandb")
@@ -69,12 +69,23 @@ def offline_runs(run_dir: str | Path) -> list[dict]:
             if kind == "run":
                 run = record.run
                 info.update(id=run.run_id, name=run.display_name, group=run.run_group, job_type=run.job_type)
-                info["config"].update({item.key: json.loads(item.value_json) for item in run.config.update})
+                _update_config(info["config"], run.config.update)
             elif kind == "config":
-                info["config"].update({item.key: json.loads(item.value_json) for item in record.config.update})
+                _update_config(info["config"], record.config.update)
             elif kind == "artifact":
                 art = record.artifact
                 files = [entry.path for entry in art.manifest.contents]
                 info["artifacts"].append((art.name, art.type, files))
         runs.append(info)
     return runs
+
+
+def _update_config(config: dict, items) -> None:
+    """Apply config items: ``key`` for a top-level key, or ``nested_key`` (a path, as W&B writes a custom
+    chart's spec under ``_wandb.visualize.<chart key>``) with an empty ``key``."""
+    for item in items:
+        path = list(item.nested_key) or [item.key]
+        node = config
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = json.loads(item.value_json)
