@@ -1,5 +1,6 @@
-"""`make demo`'s recipe, run as the Makefile writes it with tiny sizes appended (issue 14): its comparison
-holds a fixed-sigma row, a sound instance-wise row and an Insta-RS search row, each with its guarantee."""
+"""`make demo`'s recipe, run as the Makefile writes it with tiny sizes appended: its comparison
+holds a fixed-sigma row, a sound instance-wise row and an Insta-RS search row, all on the one demo model,
+with their guarantees."""
 
 from __future__ import annotations
 
