@@ -1,24 +1,31 @@
 """How fast certification runs, against a naive loop and against the model's own forward pass.
 
-    python -m insta_rs.bench certify [--model small_cnn|cifar_resnet20] [--n 10000] [--rows 2] [--quick]
+    python -m insta_rs.bench certify [--model small_cnn|cifar_resnet20|cifar_vgg] [--width 16] [--autocast bf16]
+                                     [--noise split] [--noise-threads 2] [--n 10000] [--rows 2] [--quick]
     python -m insta_rs.bench certify --ranks 2 [--model ...] [--rows 16]   # sharded over 2 CPU processes
     python -m insta_rs.bench search  [--model small_cnn|cifar_resnet20] [--n 100000] [--quick]
+    python -m insta_rs.bench sequential --ckpt RUN/checkpoints/last.ckpt [--radii 0.25,0.5,0.75,1.0] [--rows 200]
 
 ``certify`` measures, in one process with one model (random initialisation from ``--seed``), one n and
 one ``torch.set_num_threads`` value, three rates in noise draws per second (a draw is one noisy image
 through the model; CERTIFY of one input makes n0 + n of them, ALGORITHMS.md 1):
 
 - (a) our certification: ``Smooth.certify_batch`` of ``--rows`` inputs at the best chunk size and memory
-  format found for (c); (a1) is ``Smooth.certify`` one input at a time (what a per-row loop does);
+  format found for (c), the noise drawn as ``--noise`` and ``--noise-threads`` say; (a0) the same with the
+  noise drawn in one thread from the default stream (how every run drew it before noise threads: the
+  "before" of (a), shown when (a) differs from it); (a') ``Smooth.certify`` one input at a time, what a loop
+  that calls it once per input gets (no forward pass shared between inputs);
 - (b) a naive per-input loop like the field's reference code: repeat the image to a batch of 1000, add
   ``randn_like`` noise, take the argmax, count the classes in a Python loop over the predictions;
 - (c) the ceiling: the model's forward pass alone on a ready batch, at its best batch size (and memory
   format) among ``--batch-sizes``.
 
 Each is warmed up, then measured ``--repeats`` times, interleaved round by round so that a background
-load hits all three alike; the median is reported. The bench prints a/b and a/c, where the time of (a)
-goes (noise, shift = multiply by sigma and add x, forward, count, other), and ends with one line of
-``name=value`` pairs (``speedup_vs_naive=... fraction_of_forward=...``) for scripts.
+load hits all three alike; the median is reported. The bench prints a/b and a/c, where the time of (a) and
+(a0) goes (noise = drawing it, shift = multiply by sigma and add x, forward, count, other), and ends with one
+line of ``name=value`` pairs (``speedup_vs_naive=... fraction_of_forward=... noise_share=...
+a0_noise_share=... speedup_noise_threads=a/a0``) for scripts. ``--width`` sets the first stage's channels of
+small_cnn or cifar_vgg, ``--autocast bf16`` runs the forward passes of (a), (a0), (a') and (c) in bfloat16.
 
 ``certify --ranks R`` times ``insta_rs.distributed.certify_sharded`` (the path of ``certify.py
 trainer=ddp_sim``: sharding, per-rank shard files, merge) on R CPU processes against one process, both
@@ -34,11 +41,17 @@ search_seconds_fraction=...``. With ``small_cnn`` the model is first trained bri
 ``--skip``-th) twice in one process, with ``certify.sampling=fixed`` at ``--n`` draws and with
 ``sequential`` at a maximum of ``--n`` (same alpha, same seed; ``--bound union|anytime|both``, ``--tolerance``),
 and prints both certified-accuracy curves and ACRs, the mean draws and seconds per input, and the ratios.
-It ends with ``draws_reduction=X seconds_reduction=Y acr_ratio=Z max_accuracy_drop=W`` (the default bound's
-figures; max_accuracy_drop is the largest drop of certified accuracy over the radius grid, as a fraction).
+``--radii 0.25,0.5,0.75,1.0`` runs the sequential certifications in radii mode (``certify.radii``: r = 0, then
+each listed radius, is a target) instead of the tolerance rule. It prints the certified-accuracy difference
+(sequential - fixed) at every radius of the grid and ends with ``draws_reduction=X seconds_reduction=Y
+acr_ratio=Z max_accuracy_drop=W max_accuracy_difference=V draws_fixed=... draws_sequential=...`` (the last
+bound's figures; max_accuracy_drop is the largest drop of certified accuracy over the radius grid, as a
+fraction, and max_accuracy_difference the largest difference either way). ``--sigma-search`` takes the
+conf/sigma_search names fixed, grid, cascade and best_level.
 
 ``--quick`` shrinks everything (tiny model, small n, one repeat) for the test suite: its figures are
-well-formed but not meaningful.
+well-formed but mean nothing about speed, and ``bench certify --quick`` says so. Every flag's ``--help``
+shows its default.
 """
 
 from __future__ import annotations
@@ -56,7 +69,7 @@ import torch
 from .certificates import ABSTAIN, clopper_pearson_lower, cohen_radius
 from .errors import ConfigError, InstaRSError, check
 from .models import CifarResNet, CifarVGG, SmallCNN, count_parameters
-from .smoothing import Smooth, autocast_dtype_of, row_generator
+from .smoothing import NOISE_MODES, Smooth, autocast_dtype_of, row_generator
 
 MODELS = ("small_cnn", "cifar_resnet20", "cifar_vgg")
 NAIVE_BATCH = 1000
@@ -65,17 +78,21 @@ NAIVE_BATCH = 1000
 
 # -- models and inputs ----------------------------------------------------------------------------------
 
-def build_model(name: str, quick: bool, seed: int) -> tuple[torch.nn.Module, tuple[int, int, int]]:
-    """A randomly initialised model (weights fixed by ``seed``) and its input shape (C, H, W)."""
+def build_model(name: str, quick: bool, seed: int, width: int | None = None) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    """A randomly initialised model (weights fixed by ``seed``) and its input shape (C, H, W). ``width``: the first
+    stage's channels of small_cnn or cifar_vgg (None: the model's default, 4 with ``quick``)."""
     check(name in MODELS, "--model", name, " or ".join(MODELS))
     torch.manual_seed(seed)
     if name == "small_cnn":
         shape = (1, 8, 8)
         kwargs = {"width": 4, "hidden": 16} if quick else {}
+        if width is not None:
+            kwargs["width"] = width
         model = SmallCNN(10, shape, mean=(0.3,), std=(0.4,), **kwargs)
     elif name == "cifar_vgg":
         shape = (3, 32, 32)
-        model = CifarVGG(10, shape, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), width=4 if quick else 8)
+        model = CifarVGG(10, shape, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26),
+                         width=width if width is not None else 4 if quick else 8)
     else:
         shape = (3, 32, 32)
         kwargs = {"depth": 8, "width": 4} if quick else {"depth": 20}
@@ -186,7 +203,7 @@ def bench_certify(args) -> dict:
     the time of (a) goes, ends with the ``name=value`` line, and returns its pairs."""
     device = torch.device(args.device)
     autocast_dtype = autocast_dtype_of(None if args.autocast == "none" else args.autocast)
-    model, shape = build_model(args.model, args.quick, args.seed)
+    model, shape = build_model(args.model, args.quick, args.seed, args.width)
     model = model.to(device)
     inputs = random_inputs(max(args.rows, args.repeats + 1), shape, args.seed)
     formats = {"auto": (False, True), "on": (True,), "off": (False,)}[args.channels_last]
@@ -196,18 +213,29 @@ def bench_certify(args) -> dict:
     paths.warm_up()
     samples = _certify_samples(paths, args, device)
     rate = {key: statistics.median(values) for key, values in samples.items()}
-    share = _phase_shares(paths, device)
-    _print_certify_table(args, rate, samples, share, batch_size, channels_last)
-    pairs = _certify_pairs(args, rate, share, batch_size, channels_last)
+    shares = {key: _phase_shares(paths, key, device) for key in paths.smooths}
+    _print_certify_table(args, paths, rate, samples, shares, batch_size, channels_last)
+    pairs = _certify_pairs(args, paths, rate, shares, batch_size, channels_last)
     print(format_pairs(pairs), flush=True)
     return pairs
 
 
+QUICK_WARNING = ("--quick: a tiny model, a small n and one repeat, to check that the bench runs; its figures mean "
+                 "nothing about speed")
+
+
 def _print_certify_header(args, model, shape, device) -> None:
+    if args.quick:
+        print(QUICK_WARNING, flush=True)
     print(f"bench certify: model={args.model}{' (quick: tiny)' if args.quick else ''} input={shape} "
           f"params={count_parameters(model)} n0={args.n0} n={args.n} rows={args.rows} sigma={args.sigma} "
           f"threads={torch.get_num_threads()} device={device} autocast={args.autocast} compile={args.compile} "
-          f"torch={torch.__version__}", flush=True)
+          f"noise={args.noise} noise_threads={_noise_threads(args, device)} torch={torch.__version__}", flush=True)
+
+
+def _noise_threads(args, device) -> int:
+    """The threads that draw the noise in (a): --noise-threads, else torch's threads on the CPU, 1 elsewhere."""
+    return args.noise_threads or (torch.get_num_threads() if device.type == "cpu" else 1)
 
 
 def _best_forward(args, model, shape, formats, device, autocast_dtype) -> tuple[int, bool]:
@@ -222,27 +250,38 @@ def _best_forward(args, model, shape, formats, device, autocast_dtype) -> tuple[
 
 
 class _CertifyPaths:
-    """The measured paths of ``bench certify``: (a) ``Smooth.certify_batch`` of the first ``--rows`` inputs,
-    (a1) ``Smooth.certify`` of one input, (b) ``naive_certify`` of one input, (c) the forward pass alone."""
+    """The measured paths of ``bench certify``: (a) ``Smooth.certify_batch`` of the first ``--rows`` inputs with the
+    noise settings of ``--noise`` and ``--noise-threads``; (a0) the same with the noise drawn in one thread from
+    the default stream (how it was drawn before noise threads; measured only when (a) differs from it);
+    (a') ``Smooth.certify`` of one input; (b) ``naive_certify`` of one input; (c) the forward pass alone."""
 
     def __init__(self, args, model, shape, inputs, device, autocast_dtype, batch_size: int, channels_last: bool):
         self.args, self.inputs, self.device, self.autocast_dtype = args, inputs, device, autocast_dtype
         self.batch_size, self.num_classes = batch_size, model.num_classes
         self.naive_model = copy.deepcopy(model)  # float32, NCHW, eager: the reference code's setting
-        self.smooth = Smooth(copy.deepcopy(model), model.num_classes, batch_size=batch_size, device=device,
-                             autocast_dtype=autocast_dtype, channels_last=channels_last, compile=args.compile)
+
+        def smooth(noise: str, noise_threads: int) -> Smooth:
+            return Smooth(copy.deepcopy(model), model.num_classes, batch_size=batch_size, device=device,
+                          autocast_dtype=autocast_dtype, channels_last=channels_last, compile=args.compile,
+                          noise=noise, noise_threads=noise_threads)
+
+        threads = _noise_threads(args, device)
+        self.smooths = {"a": smooth(args.noise, threads)}
+        if (args.noise, threads) != ("stream", 1):
+            self.smooths["a0"] = smooth("stream", 1)
+        self.smooth = self.smooths["a"]
         self.ceiling_model = _prepare(model, channels_last, args.compile).to(device)
         self.ceiling_batch = torch.rand((batch_size, *shape), device=device)
         if channels_last:
             self.ceiling_batch = self.ceiling_batch.contiguous(memory_format=torch.channels_last)
         self.rows = inputs[: args.rows]
 
-    def run_a(self, n: int | None = None) -> None:
+    def run_a(self, n: int | None = None, key: str = "a") -> None:
         args = self.args
-        self.smooth.certify_batch(self.rows, args.sigma, args.n0, args.n if n is None else n, args.alpha,
-                                  [row_generator(args.seed, i, self.device) for i in range(args.rows)])
+        self.smooths[key].certify_batch(self.rows, args.sigma, args.n0, args.n if n is None else n, args.alpha,
+                                        [row_generator(args.seed, i, self.device) for i in range(args.rows)])
 
-    def run_a1(self, i: int) -> None:
+    def run_single(self, i: int) -> None:
         args = self.args
         self.smooth.certify(self.inputs[i], args.sigma, args.n0, args.n, args.alpha,
                             row_generator(args.seed, i, self.device))
@@ -257,7 +296,8 @@ class _CertifyPaths:
 
     def warm_up(self) -> None:
         """Every path once on a short run."""
-        self.run_a(n=min(self.args.n, 2 * self.batch_size))
+        for key in self.smooths:
+            self.run_a(n=min(self.args.n, 2 * self.batch_size), key=key)
         self.run_b(0, n=min(self.args.n, NAIVE_BATCH))
         self.rate_c(draws=1)
 
@@ -265,57 +305,74 @@ class _CertifyPaths:
 def _certify_samples(paths: _CertifyPaths, args, device) -> dict[str, list[float]]:
     """{path: draws/s of each of the ``--repeats`` rounds}, the paths interleaved within each round."""
     draws_per_row = args.n0 + args.n
-    samples = {"a": [], "a1": [], "b": [], "c": []}
+    samples = {key: [] for key in [*paths.smooths, "single", "b", "c"]}
     for round_ in range(args.repeats):
         i = round_ % len(paths.inputs)
         samples["b"].append(draws_per_row / timed(lambda: paths.run_b(i), device))
-        samples["a"].append(args.rows * draws_per_row / timed(paths.run_a, device))
-        samples["a1"].append(draws_per_row / timed(lambda: paths.run_a1(i), device))
+        for key in paths.smooths:
+            samples[key].append(args.rows * draws_per_row / timed(lambda: paths.run_a(key=key), device))
+        samples["single"].append(draws_per_row / timed(lambda: paths.run_single(i), device))
         samples["c"].append(paths.rate_c(draws_per_row))
     return samples
 
 
-def _phase_shares(paths: _CertifyPaths, device) -> dict[str, float]:
-    """Where the time of (a) goes: {phase: fraction of one more run of (a)}, timed per phase (not part of
-    the rates), the rest as ``other``."""
-    smooth = paths.smooth
+def _phase_shares(paths: _CertifyPaths, key: str, device) -> dict[str, float]:
+    """Where the time of path ``key`` (a or a0) goes: {phase: fraction of one more run}, timed per phase (not part
+    of the rates), the rest as ``other``."""
+    smooth = paths.smooths[key]
     smooth.phase_seconds = {}
-    total = timed(paths.run_a, device)
+    total = timed(lambda: paths.run_a(key=key), device)
     phases = dict(smooth.phase_seconds)
     smooth.phase_seconds = None
     phases["other"] = max(total - sum(phases.values()), 0.0)
-    return {key: value / total for key, value in phases.items()}
+    return {name: value / total for name, value in phases.items()}
 
 
-def _print_certify_table(args, rate: dict, samples: dict, share: dict, batch_size: int, channels_last: bool) -> None:
-    a, a1, b, c = rate["a"], rate["a1"], rate["b"], rate["c"]
+def _print_certify_table(args, paths, rate: dict, samples: dict, shares: dict, batch_size: int,
+                         channels_last: bool) -> None:
+    b, c = rate["b"], rate["c"]
+    threads = paths.smooths["a"].noise_threads
     print()
-    print(f"{'':34s}{'draws/s':>12s}{'vs naive (x/b)':>16s}{'of forward (x/c)':>18s}")
-    table = [
-        (f"(a)  certify_batch, {args.rows} rows together", a),
-        ("(a1) certify, one row at a time", a1),
+    print(f"{'':44s}{'draws/s':>12s}{'vs naive (x/b)':>16s}{'of forward (x/c)':>18s}")
+    table = [(f"(a)  certify_batch, {args.rows} rows together", rate["a"])]
+    if "a0" in rate:
+        table.append(("(a0) as (a), noise in 1 thread (before)", rate["a0"]))
+    table += [
+        ("(a') certify, one input at a time", rate["single"]),
         ("(b)  naive loop (batch 1000, NCHW)", b),
         (f"(c)  forward only, bs={batch_size}{' cl' if channels_last else ''}", c),
     ]
     for label, value in table:
-        print(f"{label:34s}{value:12,.0f}{value / b:15.2f}x{value / c:18.3f}")
+        print(f"{label:44s}{value:12,.0f}{value / b:15.2f}x{value / c:18.3f}")
+    print(f"(a) noise={args.noise} noise_threads={threads}; (a') is what a loop calling Smooth.certify once per "
+          f"input gets: no forward pass shared between inputs")
     print("samples (draws/s): " + "  ".join(f"{k}=[{', '.join(f'{v:,.0f}' for v in vals)}]"
                                            for k, vals in samples.items()))
-    print("time of (a) by phase: " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in share.items()))
+    for key, share in shares.items():
+        print(f"time of ({key}) by phase: " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in share.items()))
+    if args.quick:
+        print(QUICK_WARNING)
 
 
-def _certify_pairs(args, rate: dict, share: dict, batch_size: int, channels_last: bool) -> dict:
-    a, a1, b, c = rate["a"], rate["a1"], rate["b"], rate["c"]
-    return {
+def _certify_pairs(args, paths, rate: dict, shares: dict, batch_size: int, channels_last: bool) -> dict:
+    a, single, b, c = rate["a"], rate["single"], rate["b"], rate["c"]
+    pairs = {
         "speedup_vs_naive": a / b,
         "fraction_of_forward": a / c,
-        "speedup_single_row": a1 / b,
-        "fraction_single_row": a1 / c,
-        "a_draws_per_s": a, "a1_draws_per_s": a1, "b_draws_per_s": b, "c_draws_per_s": c,
+        "speedup_single_row": single / b,
+        "fraction_single_row": single / c,
+        "a_draws_per_s": a, "single_draws_per_s": single, "b_draws_per_s": b, "c_draws_per_s": c,
         "batch_size": batch_size, "channels_last": int(channels_last),
-        "noise_share": share.get("noise", 0.0), "forward_share": share.get("forward", 0.0),
-        "model": args.model, "n": args.n, "threads": torch.get_num_threads(),
     }
+    for key, share in shares.items():
+        for phase in ("noise", "shift", "forward"):
+            pairs[f"{phase}_share" if key == "a" else f"{key}_{phase}_share"] = share.get(phase, 0.0)
+    if "a0" in rate:
+        pairs["a0_draws_per_s"] = rate["a0"]
+        pairs["speedup_noise_threads"] = a / rate["a0"]
+    return {**pairs, "model": args.model, "width": args.width if args.width is not None else "default",
+            "autocast": args.autocast, "noise": args.noise, "noise_threads": paths.smooths["a"].noise_threads,
+            "n": args.n, "threads": torch.get_num_threads(), "quick": int(args.quick)}
 
 
 # -- bench certify --ranks R ---------------------------------------------------------------------------
@@ -520,8 +577,9 @@ def _certify_rows(trained, settings, dataset, indices, seed: int, sigma_search: 
     from .checkpoints import build_from_spec
     from .search.base import SearchContext
 
-    spec = {"_target_": "insta_rs.search.base.FixedSigma", "sigma": trained.trained_sigma} \
-        if sigma_search == "fixed" else {"_target_": f"insta_rs.search.finite_set.{SIGMA_SEARCHES[sigma_search]}"}
+    spec = {"_target_": SIGMA_SEARCHES[sigma_search]}
+    if sigma_search == "fixed":
+        spec["sigma"] = trained.trained_sigma
     method = build_from_spec(spec, "insta_rs.search", "sigma_search")
     smooth = Smooth(trained.model, trained.num_classes, batch_size=settings.batch_size, device="cpu")
     smooth.sequential = settings.plan
@@ -551,15 +609,16 @@ def bench_sequential(args) -> dict:
     indices = list(range(0, len(dataset), args.skip))[:args.rows]
     fixed = CertifySettings(n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size)
     radii = analysis.radius_grid(trained.source.info.name)
+    rule = f"radii={list(args.radii)}" if args.radii else f"tolerance={args.tolerance}"
     print(f"bench sequential: {trained.source.info.name} {args.split} split, {len(indices)} inputs (every {args.skip}th), "
           f"model {trained.config['model']['_target_'].rsplit('.', 1)[1]} from {args.ckpt}, "
-          f"sigma_search={args.sigma_search}, n0={args.n0}, n={args.n}, alpha={args.alpha}, "
-          f"tolerance={args.tolerance}", flush=True)
+          f"sigma_search={args.sigma_search}, n0={args.n0}, n={args.n}, alpha={args.alpha}, {rule}", flush=True)
     _certify_rows(trained, fixed, dataset, indices[:1], args.seed, args.sigma_search)  # warm-up, not timed
     results = {}
     bounds = ("union", "anytime") if args.bound == "both" else (args.bound,)
     for name, settings in [("fixed", fixed)] + [(f"sequential/{b}", dataclasses.replace(
-            fixed, sampling="sequential", bound=b, tolerance=args.tolerance)) for b in bounds]:
+            fixed, sampling="sequential", bound=b, tolerance=args.tolerance,
+            radii=list(args.radii) if args.radii else None)) for b in bounds]:
         rows, seconds = _certify_rows(trained, settings, dataset, indices, args.seed, args.sigma_search)
         frame = pd.DataFrame(rows)
         draws = frame["draws"] if "draws" in frame else args.n0 + args.n + frame["search_draws"]
@@ -569,20 +628,36 @@ def bench_sequential(args) -> dict:
         r = results[name]
         print(f"  {name:20s} ACR {r['acr']:.4f}  draws/input {r['draws']:9.0f}  s/input {r['seconds']:.3f}  "
               + " ".join(f"{k:g}:{v:.3f}" for k, v in r["curve"].items()), flush=True)
-    return _sequential_pairs(results, bounds)
+    return _sequential_pairs(results, bounds, len(indices))
 
 
-def _sequential_pairs(results: dict, bounds) -> dict:
+def _sequential_pairs(results: dict, bounds, inputs: int) -> dict:
+    """Per bound: the ratios against fixed n, the certified-accuracy difference (sequential - fixed) at every grid
+    radius and the largest drop and largest absolute difference; the last bound's pairs are returned."""
     base = results["fixed"]
     for bound in bounds:
         r = results[f"sequential/{bound}"]
-        drop = max(base["curve"][k] - r["curve"][k] for k in base["curve"])
+        difference = {k: r["curve"][k] - base["curve"][k] for k in base["curve"]}
+        print(f"  sequential/{bound} - fixed, certified accuracy at each radius ({inputs} inputs): "
+              + " ".join(f"{k:g}:{v:+.3f}" for k, v in difference.items()))
         pairs = {"draws_reduction": base["draws"] / r["draws"], "seconds_reduction": base["seconds"] / r["seconds"],
                  "acr_ratio": r["acr"] / base["acr"] if base["acr"] else float("nan"),
-                 "max_accuracy_drop": max(0.0, drop)}
+                 "max_accuracy_drop": max(0.0, -min(difference.values())),
+                 "max_accuracy_difference": max(abs(v) for v in difference.values()),
+                 "draws_fixed": base["draws"], "draws_sequential": r["draws"]}
         print(f"  sequential/{bound} against fixed: {format_pairs(pairs)}")
     print(format_pairs(pairs))
     return pairs
+
+
+def _radii(text: str) -> tuple[float, ...]:
+    try:
+        radii = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        radii = ()
+    if not radii or min(radii) <= 0 or not all(math.isfinite(r) for r in radii):
+        raise ConfigError(f"--radii={text!r} is invalid: expected comma-separated radii > 0, e.g. 0.25,0.5,0.75,1.0")
+    return radii
 
 
 def format_pairs(pairs: dict) -> str:
@@ -618,15 +693,27 @@ COMMANDS = {
     "throughput": "certification throughput (draws per second of Smooth.certify) of several models side by side",
 }
 ALL = tuple(COMMANDS)
-SIGMA_SEARCHES = {"fixed": None, "grid": "BestLevelSigma", "cascade": "CascadeSigma",
-                  "BestLevelSigma": "BestLevelSigma", "CascadeSigma": "CascadeSigma"}  # the class names still work
+DEFAULT_N = {"certify": 10_000, "search": 100_000, "sequential": 100_000, "throughput": 100_000}
+DEFAULT_ROWS = {"certify": 2, "search": 3, "sequential": 200, "throughput": 1}
+"""--n and --rows when not given (--quick: n 256 and rows 2 unless given)."""
+SIGMA_SEARCHES = {"fixed": "insta_rs.search.base.FixedSigma", "grid": "insta_rs.search.finite_set.BestLevelSigma",
+                  "cascade": "insta_rs.search.finite_set.CascadeSigma",
+                  "best_level": "insta_rs.search.best_level.BestLevelSearch"}
+"""``--sigma-search``: the conf/sigma_search names the bench can run (each at its class defaults), and their classes."""
+CLASS_NAMES = {"BestLevelSigma": "grid", "CascadeSigma": "cascade", "BestLevelSearch": "best_level"}
+
+
+def _sigma_search(text: str) -> str:
+    """A config name; the class names of older command lines still work."""
+    return CLASS_NAMES.get(text, text)
 
 # every flag once: (flags, argparse keywords, the subcommands that take it); a subcommand that does not take a
 # flag gets its default, so every subcommand's arguments have every attribute
 FLAGS = [
     (("--models",), dict(default="cifar_resnet20,cifar_vgg",
                          help=f"comma-separated models to compare, of {', '.join(MODELS)}"), ("throughput",)),
-    (("--ckpt",), dict(default=None, help="the trained run's checkpoint (<run dir>/checkpoints/last.ckpt)"),
+    (("--ckpt",), dict(default=None, shown="none: required",
+                       help="the trained run's checkpoint (<run dir>/checkpoints/last.ckpt)"),
      ("sequential",)),
     (("--skip",), dict(type=int, default=1, help="certify every skip-th input of --split"), ("sequential",)),
     (("--split",), dict(default="test", choices=("test", "val"),
@@ -635,24 +722,28 @@ FLAGS = [
                         help="the sequential bound(s) to measure against fixed sampling"), ("sequential",)),
     (("--tolerance",), dict(type=float, default=0.01, help="certify.tolerance of the sequential runs"),
      ("sequential",)),
-    (("--sigma-search",), dict(default="fixed", choices=tuple(SIGMA_SEARCHES),
-                               help="the method: fixed (at the checkpoint's sigma), grid or cascade"), ("sequential",)),
+    (("--sigma-search",), dict(default="fixed", type=_sigma_search, choices=tuple(SIGMA_SEARCHES),
+                               help="the method, by its conf/sigma_search name: fixed (at the checkpoint's sigma), "
+                                    "grid, cascade or best_level (levels: the class defaults)"), ("sequential",)),
+    (("--radii",), dict(type=_radii, default=None, shown="none: the tolerance rule",
+                        help="radii mode (certify.radii): comma-separated radii, e.g. 0.25,0.5,0.75,1.0; the "
+                             "sequential runs stop once the next listed radius is out of reach (r = 0 first)"),
+     ("sequential",)),
     (("--model",), dict(default="small_cnn", choices=MODELS,
                         help="the network, randomly initialised from --seed (search: small_cnn is first trained "
                              "briefly on digits)"), ("certify", "search")),
-    (("--n",), dict(type=int, default=None,
-                    help="estimation draws per input (default: 10000 for certify, 100000 otherwise)"), ALL),
+    (("--n",), dict(type=int, default=None, shown=DEFAULT_N, help="estimation draws per input"), ALL),
     (("--n0",), dict(type=int, default=100, help="selection draws per input"), ALL),
     (("--alpha",), dict(type=float, default=0.001, help="failure probability of each certificate"), ALL),
     (("--sigma",), dict(type=float, default=0.25, help="noise level in pixel units"), ("certify", "throughput")),
-    (("--rows",), dict(type=int, default=None,
-                       help="inputs per measurement (default: certify 2, search 3, sequential 200)"),
+    (("--rows",), dict(type=int, default=None, shown=DEFAULT_ROWS, help="inputs per measurement"),
      ("certify", "search", "sequential")),
     (("--repeats",), dict(type=int, default=3, help="measurements of each path; the median is reported"),
      ("certify", "throughput")),
-    (("--threads",), dict(type=int, default=None, help="torch.set_num_threads (default: all cores)"), ALL),
-    (("--batch-sizes",), dict(type=_batch_sizes, default=None,
-                              help="forward batch sizes searched for the ceiling (default 128,256,512,1000,2000)"),
+    (("--threads",), dict(type=int, default=None, shown=f"torch's, {torch.get_num_threads()} here",
+                          help="torch.set_num_threads"), ALL),
+    (("--batch-sizes",), dict(type=_batch_sizes, default=None, shown="128,256,512,1000,2000; --quick: 64,128",
+                              help="forward batch sizes searched for the ceiling"),
      ("certify",)),
     (("--batch-size",), dict(type=int, default=1000,
                              help="certify.batch_size: noise draws per forward pass (certify: with --ranks)"),
@@ -663,6 +754,14 @@ FLAGS = [
     (("--autocast",), dict(choices=("none", "bf16", "fp16"), default="none",
                            help="mixed precision of the forward pass (certify.autocast)"), ("certify",)),
     (("--compile",), dict(action="store_true", help="torch.compile the model (certify.compile)"), ("certify",)),
+    (("--width",), dict(type=int, default=None, shown="the model's: small_cnn 32, cifar_vgg 8; --quick: 4",
+                        help="channels of the first stage of small_cnn or cifar_vgg (model.width)"), ("certify",)),
+    (("--noise",), dict(choices=NOISE_MODES, default="stream",
+                        help="certify.noise of (a): stream (the default stream) or split (stripes drawn by several "
+                             "threads; other rows)"), ("certify",)),
+    (("--noise-threads",), dict(type=int, default=None, shown="torch's threads on the CPU, 1 elsewhere",
+                                help="certify.noise_threads of (a); (a0) draws the default stream in 1 thread"),
+     ("certify",)),
     (("--device",), dict(default="cpu", help="torch device: cpu, cuda, cuda:1, ..."), ("certify", "search")),
     (("--train-steps",), dict(type=int, default=300, help="SGD steps on digits before the search (small_cnn)"),
      ("search",)),
@@ -671,8 +770,23 @@ FLAGS = [
      ("certify",)),
     (("--seed",), dict(type=int, default=0, help="seed of the model's initialisation, the inputs and the noise"),
      ALL),
-    (("--quick",), dict(action="store_true", help="tiny model, small n, one repeat (for tests)"), ALL),
+    (("--quick",), dict(action="store_true",
+                        help="tiny model, small n, one repeat: checks that the bench runs; its figures mean nothing"),
+     ALL),
 ]
+
+
+def _with_default_in_help(kwargs: dict, command: str) -> dict:
+    """The flag's keywords with "(default: X)" at the end of its help: ``shown`` (a text, or one per subcommand)
+    when the parse default is None or differs by subcommand, else the default itself ("off" for a switch)."""
+    kwargs = dict(kwargs)
+    shown = kwargs.pop("shown", None)
+    if isinstance(shown, dict):
+        shown = shown[command]
+    if shown is None:
+        shown = "off" if kwargs.get("action") == "store_true" else kwargs.get("default")
+    kwargs["help"] = f"{kwargs['help']} (default: {shown})"
+    return kwargs
 
 
 def parser() -> argparse.ArgumentParser:
@@ -686,7 +800,7 @@ def parser() -> argparse.ArgumentParser:
         defaults = {}
         for flags, kwargs, commands in FLAGS:
             if name in commands:
-                sub.add_argument(*flags, **kwargs)
+                sub.add_argument(*flags, **_with_default_in_help(kwargs, name))
             else:
                 defaults[flags[0].lstrip("-").replace("-", "_")] = False if kwargs.get("action") == "store_true" \
                     else kwargs.get("default")
@@ -705,13 +819,16 @@ def main(argv: list[str] | None = None) -> int:
             args.batch_sizes = args.batch_sizes or [64, 128]
             args.train_steps = min(args.train_steps, 20)
         if args.n is None:
-            args.n = 10_000 if args.what == "certify" else 100_000
+            args.n = DEFAULT_N[args.what]
         if args.rows is None:
-            args.rows = {"certify": 2, "search": 3, "sequential": 200, "throughput": 1}[args.what]
+            args.rows = DEFAULT_ROWS[args.what]
         args.batch_sizes = args.batch_sizes or [128, 256, 512, 1000, 2000]
         for name in ("n", "n0", "rows", "repeats", "batch_size", "ranks"):
             value = getattr(args, name)
             check(value >= 1, f"--{name.replace('_', '-')}", value, "an integer >= 1")
+        for name in ("width", "noise_threads"):
+            value = getattr(args, name)
+            check(value is None or value >= 1, f"--{name.replace('_', '-')}", value, "an integer >= 1")
         check(args.sigma > 0 and math.isfinite(args.sigma), "--sigma", args.sigma, "a finite number > 0")
         if args.threads is not None:
             check(args.threads >= 1, "--threads", args.threads, "an integer >= 1")

@@ -17,6 +17,8 @@ from insta_rs.search.base import FixedSigma
 from insta_rs.smoothing import Smooth
 from insta_rs.certification_file import CertificationLog
 
+from conftest import ROOT, run_script
+
 
 def _last_pairs(output: str) -> dict[str, str]:
     line = output.strip().splitlines()[-1]
@@ -38,8 +40,23 @@ def test_bench_certify_quick_prints_rates_and_their_ratios(capsys):
     # the printed ratios are the ratios of the printed rates (up to the 4 digits shown)
     assert speedup == pytest.approx(a / b, rel=1e-3)
     assert fraction == pytest.approx(a / c, rel=1e-3)
-    assert pairs["model"] == "small_cnn" and pairs["n"] == "256"
+    assert pairs["model"] == "small_cnn" and pairs["n"] == "256" and pairs["quick"] == "1"
     assert "(b)  naive loop" in out and "time of (a) by phase" in out
+    assert out.count("mean nothing about speed") == 2  # at the top and just above the pairs
+
+
+def test_bench_certify_measures_noise_threads_beside_one_thread(capsys):
+    """(a) with two noise threads and split noise beside (a0), the one-thread default stream, with both phase
+    shares; the rates' ratio is the printed speed-up."""
+    assert bench.main(["certify", "--quick", "--threads", "1", "--noise", "split", "--noise-threads", "2",
+                       "--model", "cifar_vgg", "--width", "2", "--n", "64"]) == 0
+    out = capsys.readouterr().out
+    pairs = _last_pairs(out)
+    a, a0, speedup = _finite(pairs, "a_draws_per_s", "a0_draws_per_s", "speedup_noise_threads")
+    assert speedup == pytest.approx(a / a0, rel=1e-3)
+    _finite(pairs, "noise_share", "a0_noise_share", "forward_share", "a0_forward_share")
+    assert (pairs["noise"], pairs["noise_threads"], pairs["width"]) == ("split", "2", "2")
+    assert "(a0) as (a), noise in 1 thread" in out and "time of (a0) by phase" in out
 
 
 def test_naive_counts_equal_smooth_counts_for_a_constant_classifier():
@@ -103,8 +120,9 @@ def _tsv(tmp_path, name: str, **options) -> list[list[str]]:
     return [[v for i, v in enumerate(line) if i not in time_columns] for line in lines]
 
 
-@pytest.mark.parametrize("options", [{}, {"autocast_dtype": "bf16", "channels_last": True}],
-                         ids=["float32", "bf16+channels_last"])
+@pytest.mark.parametrize("options", [{}, {"autocast_dtype": "bf16", "channels_last": True},
+                                     {"autocast_dtype": "bf16", "noise": "split", "noise_threads": 2}],
+                         ids=["float32", "bf16+channels_last", "bf16+split"])
 def test_same_seed_and_options_give_the_same_tsv(tmp_path, options):
     first, second = _tsv(tmp_path, "first", **options), _tsv(tmp_path, "second", **options)
     assert first == second
@@ -136,8 +154,87 @@ def test_each_benchmark_has_its_own_help_with_text_for_every_flag(capsys):
         assert [a.option_strings[0] for a in flags if not (a.help or "").strip()] == [], name
 
 
+def test_every_flag_help_shows_its_default_and_sigma_search_lists_config_names(capsys):
+    subcommands = next(a for a in bench.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subcommands.choices.items():
+        flags = [a for a in sub._actions if a.option_strings and a.dest != "help"]
+        assert [a.option_strings[0] for a in flags if "(default: " not in a.help] == [], name
+    n = next(a for a in subcommands.choices["certify"]._actions if a.dest == "n")
+    assert n.help.endswith("(default: 10000)")
+    search = next(a for a in subcommands.choices["sequential"]._actions if a.dest == "sigma_search")
+    assert set(search.choices) == {"fixed", "grid", "cascade", "best_level"}
+    with pytest.raises(SystemExit):
+        bench.main(["sequential", "--help"])
+    text = capsys.readouterr().out
+    assert "best_level" in text and "BestLevelSigma" not in text and "--radii" in text
+    # the class names of older command lines still work
+    assert bench.parser().parse_args(["sequential", "--sigma-search", "CascadeSigma"]).sigma_search == "cascade"
+
+
+def test_bench_sequential_radii_reports_the_difference_at_every_radius(capsys):
+    ckpt = ROOT / "tests" / "fixtures" / "identity" / "model.ckpt"
+    assert bench.main(["sequential", "--quick", "--ckpt", str(ckpt), "--radii", "0.25,0.5", "--bound", "union",
+                       "--rows", "2", "--skip", "30", "--n", "1000", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    pairs = _last_pairs(out)
+    assert "radii=[0.25, 0.5]" in out and "sequential/union - fixed, certified accuracy at each radius" in out
+    differences = [float(part.split(":")[1]) for part in out.split("at each radius (2 inputs): ")[1].split("\n")[0].split()]
+    assert len(differences) == 10 and float(pairs["max_accuracy_difference"]) == pytest.approx(
+        max(abs(d) for d in differences), abs=1e-3)
+    assert float(pairs["draws_fixed"]) == 16 + 1000 and 16 < float(pairs["draws_sequential"]) <= 16 + 1000
+
+
 def test_a_flag_of_another_benchmark_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_:
         bench.main(["certify", "--ckpt", "x.ckpt"])
     assert exit_.value.code == 2
     assert "unrecognized arguments: --ckpt" in capsys.readouterr().err
+
+
+CERTIFY = ["certify=fast", "certify.n0=32", "certify.n=600", "certify.skip=60", "certify.max=3",
+           "certify.progress=false", "logger=none", "print_config=false",
+           f"ckpt_path={ROOT / 'tests' / 'fixtures' / 'identity' / 'model.ckpt'}"]
+
+
+def _rows(path) -> list[list[str]]:
+    lines = [line.split("\t") for line in path.read_text().splitlines()]
+    keep = [i for i, column in enumerate(lines[0]) if column not in ("time", "search_time")]
+    return [[fields[i] for i in keep] for fields in lines]
+
+
+@pytest.mark.slow
+def test_bf16_and_split_noise_rows_are_reproducible_recorded_and_resume_only_with_the_same_settings(tmp_path):
+    """certify.py with certify.autocast=bf16 certify.noise=split: a rerun in a new folder and a resume after a cut
+    give the same certify.tsv; the settings file records both; a resume with another autocast or noise is refused
+    (exit 2, one line naming the setting)."""
+    import json
+
+    speed = ["certify.autocast=bf16", "certify.noise=split", "certify.noise_threads=2"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_script("certify.py", *CERTIFY, *speed, f"hydra.run.dir={first}")
+    settings = json.loads((first / "certify.settings.json").read_text())
+    assert settings["autocast"] == "bf16" and settings["noise"] == "split"
+    # another noise_threads changes no row: not part of the settings, and the rerun gives the same rows
+    run_script("certify.py", *CERTIFY, *speed[:2], "certify.noise_threads=1", f"hydra.run.dir={second}")
+    assert _rows(second / "certify.tsv") == _rows(first / "certify.tsv")
+    lines = (second / "certify.tsv").read_text().splitlines()
+    (second / "certify.tsv").write_text("\n".join(lines[:2]) + "\n" + lines[2][:5])  # cut inside row 2
+    run_script("certify.py", *CERTIFY, *speed, f"hydra.run.dir={second}")
+    assert _rows(second / "certify.tsv") == _rows(first / "certify.tsv")
+    result = run_script("certify.py", *CERTIFY, *speed, "certify.autocast=null", f"hydra.run.dir={first}",
+                        check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "autocast" in lines[0], result.stderr
+
+
+def test_autocast_and_noise_are_part_of_what_a_resume_must_share():
+    """The settings a resume compares (certify.settings.json): autocast always, noise when not the default stream
+    (so runs made before it existed resume), noise_threads never (it changes no row)."""
+    from insta_rs.certification import CertifySettings
+
+    default, bf16 = CertifySettings().resume_identity(), CertifySettings(autocast="bf16").resume_identity()
+    assert default["autocast"] is None and bf16["autocast"] == "bf16" and "noise" not in default
+    assert CertifySettings(noise="split").resume_identity()["noise"] == "split"
+    assert CertifySettings(noise_threads=3).resume_identity() == default
+    with pytest.raises(ValueError, match="^noise="):
+        CertifySettings(noise="fast")
