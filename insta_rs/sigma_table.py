@@ -9,6 +9,14 @@ phat_y(sigma_i) < 1/2 shrink the result by e^-eta; clip. Under DDP every rank ga
 that occurs twice (``first_occurrence``: a distributed sampler's padding repeats examples), so the tables
 stay identical. The tensors are plain tensors, not module buffers, so DDP's buffer broadcast never
 overwrites them. ``SigmaTableMonitor`` logs the table every epoch and exports it at the end of training.
+
+``ProbeSigmaTable`` is the rule that costs no forward pass of its own (``train.update_rule=probe``;
+docs/insta_rs_train.md): each stage-2 visit trains example i at one side sigma_i e^(+-eta) (a random first side,
+then the other side at every next visit), records what that training forward says about the label (the
+softmax probability of y, or whether the prediction is y) in a running mean per side over the last ``memory``
+visits, and, once both sides have been seen, moves sigma_i by one step e^(+-eta) toward the side of larger
+estimated radius s * PhiInv(clamp(mean, 1/(2 memory), 1 - 1/(2 memory))), or down when the two sides' means
+average below 1/2 (the example is misclassified at sigma_i: the search rule's shrink).
 """
 
 from __future__ import annotations
@@ -129,6 +137,18 @@ class SigmaTable:
             self.update(model, x, y, idx, gather)
         self.visits += 1
 
+    def training_sigmas(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                        gather: Callable[[torch.Tensor], torch.Tensor] = _same) -> torch.Tensor:
+        """Before a stage-2 training step: ``step`` (the update, on its batches), then the batch's sigmas,
+        the per-row noise levels the step trains with (float32, on x's device)."""
+        self.step(model, x, y, idx, gather)
+        return self.to(x.device)[idx]
+
+    def observe(self, logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                gather: Callable[[torch.Tensor], torch.Tensor] = _same) -> None:
+        """After a stage-2 training step, what its forward said (``ProbeSigmaTable`` learns from it): this
+        rule ignores it, having made its own forwards before the step."""
+
     @torch.no_grad()
     def update(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
                gather: Callable[[torch.Tensor], torch.Tensor] = _same) -> None:
@@ -187,6 +207,110 @@ class SigmaTable:
         visited = (self.label >= 0).nonzero().view(-1).cpu()
         return {"idx": visited, "sigma": self.sigma.cpu()[visited], "label": self.label.cpu()[visited],
                 "difficulty": self.difficulty.cpu()[visited], "config": config}
+
+
+PROBE_SIGNALS = ("prob", "correct")
+DOWN, UP = 0, 1
+
+
+def probe_signal(logits: torch.Tensor, y: torch.Tensor, signal: str) -> torch.Tensor:
+    """What one training forward f(x_i + s_i e_i) says about the label, per row (float32, no gradient):
+    ``prob``, the softmax probability of y (an unbiased one-draw estimate of the soft smoothed classifier's
+    probability of y at s_i); ``correct``, 1 if the prediction is y else 0 (one draw of phat_y(s_i))."""
+    logits = logits.detach().float()
+    if signal == "prob":
+        return torch.softmax(logits, dim=1).gather(1, y.view(-1, 1)).view(-1)
+    return (logits.argmax(dim=1) == y).float()
+
+
+def side_sigmas(sigma: torch.Tensor, eta: float, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """(B, 2): sigma * (e^-eta, e^+eta), clipped to [sigma_min, sigma_max] (columns DOWN, UP)."""
+    factors = torch.tensor([np.exp(-eta), np.exp(eta)], dtype=sigma.dtype, device=sigma.device)
+    return (sigma.view(-1, 1) * factors).clamp(sigma_min, sigma_max)
+
+
+class ProbeSigmaTable(SigmaTable):
+    """The table with the rule that makes no forward pass of its own (``update_rule=probe``).
+
+    Per example, besides ``sigma``, ``label`` and ``difficulty`` (here the label's signal at the example's first
+    stage-2 visit: the stage-1 model at sigma0 e^(+-eta), one draw): ``probe_mean`` (N, 2), the running mean of
+    the signal (``probe_signal``) observed at sigma e^-eta (column DOWN) and sigma e^+eta (UP); ``probe_count``
+    (N, 2), how many visits it averages, capped at ``memory`` (past that, an exponential moving average of
+    weight 1/memory); ``probe_side`` (N,), the side of the last visit (-1 before the first).
+
+    A visit (``training_sigmas`` before the step, ``observe`` after it): the side is the other one than last
+    time (a random one at the first visit); the step trains the example at that side's sigma; its forward's
+    signal enters that side's mean; when both sides have been seen, sigma moves down if the two means average
+    below 1/2 (the estimate at sigma itself), else to the side of the larger
+    Rhat = s * PhiInv(clamp(mean, 1/(2 memory), 1 - 1/(2 memory))) (``estimated_radius``), and stays on a
+    tie. The means carry over a move (measured one step away from where the sides now are; ``memory`` sets
+    how fast they forget). Under DDP every rank gathers all ranks' (index, side, signal, label) and applies them in the same
+    order, the lowest rank's winning a repeated index, so the tables stay identical.
+    """
+
+    STATE_KEYS = {**SigmaTable.STATE_KEYS, "probe_mean": "probe_mean", "probe_count": "probe_count",
+                  "probe_side": "probe_side"}
+
+    def __init__(self, size: int, sigma0: float, eta: float, sigma_min: float, sigma_max: float, memory: int,
+                 signal: str = "prob"):
+        # m_update = memory: the clamp of the estimated radius is half a visit, as the search rule's half a draw
+        super().__init__(size, sigma0, eta, sigma_min, sigma_max, memory, 1)
+        self.signal = signal
+        self.probe_mean = torch.zeros((size, 2))
+        self.probe_count = torch.zeros((size, 2), dtype=torch.long)
+        self.probe_side = torch.full((size,), -1, dtype=torch.long)
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def memory(self) -> int:
+        return self.m_update
+
+    def training_sigmas(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                        gather: Callable[[torch.Tensor], torch.Tensor] = _same) -> torch.Tensor:
+        """The batch's training sigmas sigma_i e^(+-eta), one side per row (no forward pass; the random first
+        sides come from torch's global generator)."""
+        self.to(x.device)
+        last = self.probe_side[idx]
+        first = torch.randint(0, 2, (len(idx),), device=x.device)
+        side = torch.where(last < 0, first, 1 - last)
+        self._pending = (idx, side)
+        self.visits += 1
+        return side_sigmas(self.sigma[idx], self.eta, self.sigma_min, self.sigma_max).gather(
+            1, side.view(-1, 1)).view(-1)
+
+    def observe(self, logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                gather: Callable[[torch.Tensor], torch.Tensor] = _same) -> None:
+        """The training forward's logits (on the rows' noisy inputs at the sides ``training_sigmas`` gave):
+        every rank's signals are gathered and applied (``apply_probe``)."""
+        pending, side = self._pending
+        if not torch.equal(pending, idx):
+            raise RuntimeError("ProbeSigmaTable.observe: not the batch of the last training_sigmas")
+        self._pending = None
+        signal = probe_signal(logits, y, self.signal)
+        self.apply_probe(*(gather(t) for t in (idx, side, signal, y)))
+
+    @torch.no_grad()
+    def apply_probe(self, idx: torch.Tensor, side: torch.Tensor, signal: torch.Tensor, label: torch.Tensor) -> None:
+        """Record the signals (a repeated index: the first occurrence only), then move each visited sigma."""
+        keep = first_occurrence(idx)
+        idx, side, signal, label = idx[keep], side[keep], signal[keep].to(self.probe_mean.dtype), label[keep]
+        count = self.probe_count[idx, side]
+        mean = self.probe_mean[idx, side]
+        weight = 1.0 / (count + 1).clamp(max=self.memory).to(mean.dtype)
+        self.probe_mean[idx, side] = mean + (signal - mean) * weight
+        self.probe_count[idx, side] = (count + 1).clamp(max=self.memory)
+        self.probe_side[idx] = side
+        self.label[idx] = label
+        known = self.difficulty[idx]
+        self.difficulty[idx] = torch.where(torch.isnan(known), signal.to(known.dtype), known)
+        sigma = self.sigma[idx]
+        sides = side_sigmas(sigma, self.eta, self.sigma_min, self.sigma_max)
+        score = estimated_radius(sides, self.probe_mean[idx], self.memory)
+        seen = (self.probe_count[idx] > 0).all(dim=1)
+        wrong = self.probe_mean[idx].mean(dim=1) < 0.5  # the label's estimate at sigma itself is below 1/2
+        up = seen & ~wrong & (score[:, UP] > score[:, DOWN])
+        down = seen & (wrong | (score[:, DOWN] > score[:, UP]))
+        self.sigma[idx] = torch.where(up, sides[:, UP], torch.where(down, sides[:, DOWN], sigma))
 
 
 class SigmaTableMonitor(pl.Callback):

@@ -39,10 +39,11 @@ from .checkpoints import read_checkpoint
 from .errors import CheckpointError, ConfigError, check
 from .losses import GaussianAugmentation
 from .certificates import clopper_pearson_lower, cohen_radius
-from .sigma_table import SigmaTable, SigmaTableMonitor
+from .sigma_table import PROBE_SIGNALS, ProbeSigmaTable, SigmaTable, SigmaTableMonitor
 from .smoothing import Smooth, check_certify_settings, noise_sigma, row_generator
 
 LR_SCHEDULES = ("step", "cosine", "constant")
+UPDATE_RULES = ("search", "probe")
 
 
 def _is_int(value) -> bool:
@@ -103,14 +104,28 @@ class TrainSettings:
         """The per-example sigma table this schedule trains with (None: no table)."""
         return None
 
+    def stage1_levels(self, rows: int, device) -> torch.Tensor | None:
+        """Per-row sigmas drawn otherwise than from ``sigma_levels`` outside the instance phase (None: none)."""
+        return None
+
 
 @dataclass
 class InstaRSSettings(TrainSettings):
     """``train=insta_rs`` (ALGORITHMS.md 4): stage 1 = Gaussian training at sigma0 for stage1_epochs epochs;
-    stage 2 = one sigma per training example, in [sigma_min, sigma_max], updated from the candidates
-    sigma * exp(-eta, 0, +eta) with m_update draws each before the step of every update_every-th batch
-    (counted across epochs and resumes), then the step at each example's own sigma. sigma (stage 1's and
-    validation's) must equal sigma0; None means sigma0."""
+    stage 2 = one sigma per training example, in [sigma_min, sigma_max], updated by ``update_rule``:
+
+    - ``search`` (ALGORITHMS.md 4): from the candidates sigma * exp(-eta, 0, +eta) with m_update draws each,
+      before the step of every update_every-th batch (counted across epochs and resumes), then the step at
+      each example's own sigma (``SigmaTable``);
+    - ``probe`` (docs/insta_rs_train.md): no forward pass of its own; each visit trains the example at
+      sigma * exp(+-eta), one side per visit, and moves sigma by one step toward the side whose running
+      estimate of the label's signal (``probe_signal``: the softmax probability of y, or correct) over the
+      last ``probe_memory`` visits gives the larger estimated radius, or down when the estimate at sigma is
+      below 1/2 (``ProbeSigmaTable``). m_update and update_every do not apply.
+
+    stage1_sigma: stage 1's noise, ``sigma0``, ``log_uniform`` (a sigma per row and step, log-uniform over
+    [sigma_min, sigma_max]) or a list of levels (one drawn per row and step). sigma (validation's, and
+    certify.py's default fixed sigma) must equal sigma0; None means sigma0."""
 
     sigma: Any = None
     stage1_epochs: int = 10
@@ -120,6 +135,10 @@ class InstaRSSettings(TrainSettings):
     sigma_max: float = 1.0
     m_update: int = 16
     update_every: int = 1
+    update_rule: str = "search"
+    probe_signal: str = "prob"
+    probe_memory: int = 8
+    stage1_sigma: Any = "sigma0"
 
     def __post_init__(self) -> None:
         self.sigma = self.sigma0 if self.sigma is None else self.sigma
@@ -142,6 +161,25 @@ class InstaRSSettings(TrainSettings):
               "an integer >= 1 (1: update the sigmas of every batch)")
         check(self.sigma_levels == [float(self.sigma0)], "sigma", self.sigma,
               f"sigma0 ({self.sigma0}) or left at its default ${{.sigma0}} for train=insta_rs")
+        check(self.update_rule in UPDATE_RULES, "update_rule", self.update_rule, f"one of {', '.join(UPDATE_RULES)}")
+        check(self.probe_signal in PROBE_SIGNALS, "probe_signal", self.probe_signal,
+              f"one of {', '.join(PROBE_SIGNALS)}")
+        check(_is_int(self.probe_memory) and self.probe_memory >= 2, "probe_memory", self.probe_memory,
+              "an integer >= 2 (visits per side in the running mean; 1 clamps every estimate to 1/2)")
+        levels = self.stage1_sigma if isinstance(self.stage1_sigma, (list, tuple)) else None
+        check(self.stage1_sigma in ("sigma0", "log_uniform") or levels is not None and len(levels) >= 1 and all(
+              isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf for v in levels),
+              "stage1_sigma", self.stage1_sigma, "sigma0, log_uniform or a non-empty list of sigmas >= 0")
+
+    def stage1_levels(self, rows: int, device) -> torch.Tensor | None:
+        """Stage 1's per-row sigmas (float32), or None for sigma0 (drawn like train=gaussian's one sigma)."""
+        if self.stage1_sigma == "log_uniform":
+            low, high = math.log(self.sigma_min), math.log(self.sigma_max)
+            return torch.exp(low + (high - low) * torch.rand(rows, device=device))
+        if isinstance(self.stage1_sigma, (list, tuple)):
+            levels = torch.tensor([float(v) for v in self.stage1_sigma], dtype=torch.float32, device=device)
+            return levels[torch.randint(len(levels), (rows,), device=device)]
+        return None
 
     def phase_at(self, epoch: int) -> str:
         """``gaussian`` in stage 1 (epochs [0, stage1_epochs)), ``instance`` in stage 2."""
@@ -150,6 +188,9 @@ class InstaRSSettings(TrainSettings):
     def sigma_table(self, size: int | None) -> SigmaTable:
         check(size is not None and size >= 1, "num_train", size,
               "the number of training examples (the sigma table's length)")
+        if self.update_rule == "probe":
+            return ProbeSigmaTable(size, self.sigma0, self.eta, self.sigma_min, self.sigma_max, self.probe_memory,
+                                   self.probe_signal)
         return SigmaTable(size, self.sigma0, self.eta, self.sigma_min, self.sigma_max, self.m_update,
                           self.update_every)
 
@@ -196,12 +237,11 @@ class SmoothingClassifier(pl.LightningModule):
     def configure_callbacks(self):
         return [] if self.sigma_table is None else [SigmaTableMonitor(self.run_dir)]
 
-    def noise_levels(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Per-row sigma for the training batch in the current phase: the one global sigma, or for a list
-        of levels one level drawn uniformly per row; in the ``instance`` phase each example's own sigma."""
-        if self.phase == "instance":
-            return self.sigma_table.to(x.device)[idx].to(x.dtype)
-        return self._draw_levels(x.shape[0], x.device)
+    def stage1_levels(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-row sigma for a training batch outside the ``instance`` phase: the one global sigma, or for a
+        list of levels one level drawn uniformly per row; Insta-RS Train's stage1_sigma if it says otherwise."""
+        drawn = self.settings.stage1_levels(x.shape[0], x.device)
+        return self._draw_levels(x.shape[0], x.device) if drawn is None else drawn.to(x.dtype)
 
     def _draw_levels(self, rows: int, device) -> torch.Tensor:
         levels = torch.tensor(self.settings.sigma_levels, dtype=torch.float32, device=device)
@@ -217,10 +257,14 @@ class SmoothingClassifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y, idx = batch
-        if self.phase == "instance":
-            self.sigma_table.step(self.model, x, y, idx, self._gather)
-        sigma = self.noise_levels(x, idx)
+        table = self.sigma_table if self.phase == "instance" else None
+        if table is not None:  # each example at its own sigma, after the table's update (search rule)
+            sigma = table.training_sigmas(self.model, x, y, idx, self._gather).to(x.dtype)
+        else:
+            sigma = self.stage1_levels(x)
         out = self.loss(self.model, x, y, sigma)
+        if table is not None:  # the probe rule learns from this forward
+            table.observe(out.logits, y, idx, self._gather)
         self.train_acc.update(out.logits, y)
         rows = x.shape[0]
         self.log_dict({"train/loss": out.loss, "train/acc": self.train_acc}, on_step=False, on_epoch=True,

@@ -1,8 +1,10 @@
-"""Insta-RS Train (ALGORITHMS.md 4): the phase schedule, the update rule (by hand, and through a fake model
-whose probabilities of being right have a closed form), the table in checkpoints and on resume (a run
-interrupted in stage 2 and resumed ends like an uninterrupted one), train_sigma.pt, the loggers, refusal of a
-checkpoint from another config, and two DDP ranks (CPU, gloo) that draw different noise and hold the table the
-gathered updates imply."""
+"""Insta-RS Train (ALGORITHMS.md 4; docs/insta_rs_train.md): the phase schedule, the search update rule (by
+hand, and through a fake model whose probabilities of being right have a closed form), the probe rule (by hand,
+and on a toy of two clusters whose best sigmas are known), the forward passes a stage-2 step costs under each
+rule, stage 1 across sigmas, the table in checkpoints and on resume (a probe-rule run interrupted in stage 2 and
+resumed ends like an uninterrupted one), train_sigma.pt, the loggers, refusal of a checkpoint from another
+config, two simulated ranks of the search rule, and two DDP ranks (CPU, gloo) of the probe rule that draw
+different noise and hold the table the gathered signals imply."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from conftest import ROOT, run_script
 from insta_rs import sigma_table as rules
 from insta_rs.errors import CheckpointError, ConfigError
 from insta_rs.training import InstaRSSettings, SmoothingClassifier, TrainSettings, check_resumable
+
+E = math.exp(0.1)
 
 SETTINGS = dict(sigma=0.25, sigma0=0.25, epochs=4, stage1_epochs=2, eta=0.1, sigma_min=0.05, sigma_max=1.0,
                 m_update=16)
@@ -45,6 +49,12 @@ def test_phase_switches_at_stage1_epochs():
     ({"m_update": 0}, "m_update"),
     ({"update_every": 0}, "update_every"),
     ({"sigma": 0.5}, "sigma"),                     # stage 1 runs at sigma0
+    ({"update_rule": "fast"}, "update_rule"),
+    ({"probe_signal": "margin"}, "probe_signal"),
+    ({"probe_memory": 1}, "probe_memory"),         # one visit per side: every estimate clamps to 1/2
+    ({"stage1_sigma": "uniform"}, "stage1_sigma"),
+    ({"stage1_sigma": []}, "stage1_sigma"),
+    ({"stage1_sigma": [0.25, -1.0]}, "stage1_sigma"),
 ])
 def test_bad_settings_are_one_line_config_errors_naming_the_setting(change, setting):
     with pytest.raises(ConfigError, match="^" + re.escape(setting) + "=") as error:  # the field; train.py adds the group
@@ -196,6 +206,196 @@ def test_duplicate_indices_keep_the_lowest_ranks_value():
     assert rules.first_occurrence(indices).tolist() == [True, True, True, False, False, True]
 
 
+# ------------------------------------------------------------------ the probe rule ---------------------------------
+
+def probe_table(size: int, memory: int = 4, signal: str = "prob", **changes) -> rules.ProbeSigmaTable:
+    settings = InstaRSSettings(**{**SETTINGS, "update_rule": "probe", "probe_memory": memory, "probe_signal": signal,
+                                  **changes})
+    table = settings.sigma_table(size)
+    assert type(table) is rules.ProbeSigmaTable
+    return table
+
+
+def test_probe_rule_by_hand():
+    """No move until both sides are seen; then down when the two means average below 1/2, else toward the larger
+    s * PhiInv(clamp(mean, 1/(2 memory), 1 - 1/(2 memory))) (scipy), one step, clipped."""
+    table = probe_table(6, memory=4)
+    table.sigma[4] = 1.0  # at sigma_max: the up side is sigma_max itself
+    idx = torch.arange(5)
+    down = torch.tensor([0.99, 0.99, 0.40, 0.55, 0.99])
+    up = torch.tensor([0.99, 0.60, 0.30, 0.30, 0.99])
+    labels = torch.tensor([1, 2, 0, 1, 2])
+    table.apply_probe(idx, torch.zeros(5, dtype=torch.long), down, labels)
+    assert torch.all(table.sigma[:4] == 0.25) and table.sigma[4] == 1.0  # one side seen: no move
+    assert table.probe_side[:5].tolist() == [0] * 5 and table.probe_side[5] == -1
+    torch.testing.assert_close(table.difficulty[:5], down)  # the first visit's signal
+    assert table.label[:5].tolist() == labels.tolist() and table.label[5] == -1
+    table.apply_probe(idx, torch.ones(5, dtype=torch.long), up, labels)
+    sigma = np.array([0.25, 0.25, 0.25, 0.25, 1.0])
+    sides = np.clip(np.stack([sigma / E, sigma * E], 1), 0.05, 1.0)
+    score = sides * norm.ppf(np.clip(np.stack([down, up], 1), 1 / 8, 7 / 8))
+    wrong = (down.numpy() + up.numpy()) / 2 < 0.5
+    expected = np.where(wrong | (score[:, 0] > score[:, 1]), sides[:, 0], sides[:, 1])
+    np.testing.assert_allclose(table.sigma[:5].numpy(), expected, rtol=1e-6)
+    # row 0: both clamp at 7/8, the larger sigma wins; row 1: 0.6 at the upper side is worse; rows 2, 3 are
+    # below 1/2 at sigma (row 3 would otherwise go down too: its lower side is positive); row 4 stays at the bound
+    np.testing.assert_allclose(table.sigma[:5].numpy(), [0.25 * E, 0.25 / E, 0.25 / E, 0.25 / E, 1.0], rtol=1e-6)
+    assert table.sigma[5] == 0.25 and table.probe_side[:5].tolist() == [1] * 5
+
+
+def test_probe_running_mean_forgets_after_memory_visits_and_the_first_of_a_repeated_index_wins():
+    table = probe_table(3, memory=4)
+    one = torch.tensor([0])
+    for signal in (1.0, 0.0, 0.0, 0.0, 0.0):
+        table.apply_probe(one, torch.tensor([1]), torch.tensor([signal]), torch.tensor([1]))
+    # the mean of the first 4 (0.25), then an exponential moving average of weight 1/4
+    assert table.probe_mean[0, 1] == pytest.approx(0.25 * 0.75) and table.probe_count[0].tolist() == [0, 4]
+    table.apply_probe(torch.tensor([2, 2]), torch.tensor([0, 1]), torch.tensor([0.9, 0.1]), torch.tensor([1, 1]))
+    assert table.probe_mean[2].tolist() == pytest.approx([0.9, 0.0]) and table.probe_count[2].tolist() == [1, 0]
+
+
+def test_probe_sides_alternate_from_a_random_first_side():
+    """The training sigmas are sigma e^(+-eta) (clipped), the side flipping at every visit; the first sides are
+    random (both occur) and the same for the same seed; observe takes only the batch it was given."""
+    table = probe_table(64)
+    table.sigma[0] = 1.0
+    idx, y = torch.arange(64), torch.zeros(64, dtype=torch.long)
+    x = torch.zeros(64, 1, 2, 2)
+    torch.manual_seed(3)
+    first = table.training_sigmas(None, x, y, idx)
+    sides = table._pending[1].clone()
+    assert 10 < int(sides.sum()) < 54
+    expected = torch.where(sides == 1, 0.25 * E, 0.25 / E)
+    expected[0] = 1.0 if sides[0] == 1 else 1.0 / E
+    torch.testing.assert_close(first, expected.float())
+    table.observe(torch.zeros(64, 2), y, idx)
+    table.training_sigmas(None, x, y, idx)
+    assert torch.equal(table._pending[1], 1 - sides)
+    with pytest.raises(RuntimeError, match="not the batch"):
+        table.observe(torch.zeros(63, 2), y[:63], idx[:63])
+    again = probe_table(64)
+    torch.manual_seed(3)
+    again.training_sigmas(None, x, y, idx)
+    assert torch.equal(again._pending[1], sides)
+
+
+WIDTHS = (2.0, 0.15)  # the half-widths of the two clusters' slabs: a wide margin and a narrow one
+
+
+class Slabs(torch.nn.Module):
+    """A fixed classifier of inputs x = (0, 100 k, ...): class 1 iff the noisy first coordinate lies within the
+    slab |x_0| < w_k of cluster k (the second coordinate, which noise of sd <= 1 cannot round away, picks k).
+    Its probability of the label 1 at sigma is 2 Phi(w_k / sigma) - 1, so the best sigma of the estimated radius
+    s * PhiInv(clamp(p, 1/16, 15/16)) is known: sigma_max for the wide slab, about 0.081 for the narrow one."""
+
+    def forward(self, x):
+        k = torch.round(x[:, 0, 0, 1] / 100).long()
+        z = 10.0 * (torch.tensor(WIDTHS)[k] - x[:, 0, 0, 0].abs())
+        return torch.stack([-z / 2, z / 2], dim=1)
+
+
+def train_toy_table(epochs: int, seed: int = 0) -> list[torch.Tensor]:
+    """20 examples of each cluster, batches of 10, every example visited once per epoch (a shuffle per epoch):
+    the probe rule's table after each epoch, noise from the global generator seeded with ``seed``."""
+    torch.manual_seed(seed)
+    table = probe_table(40, memory=8)
+    x = torch.zeros(40, 1, 2, 2)
+    x[20:, 0, 0, 1] = 100.0
+    y, model, tables = torch.ones(40, dtype=torch.long), Slabs(), []
+    for _ in range(epochs):
+        order = torch.randperm(40)
+        for start in range(0, 40, 10):
+            idx = order[start:start + 10]
+            sigma = table.training_sigmas(model, x[idx], y[idx], idx)
+            table.observe(model(x[idx] + sigma.view(-1, 1, 1, 1) * torch.randn_like(x[idx])), y[idx], idx)
+        tables.append(table.sigma.clone())
+    return tables
+
+
+def test_probe_rule_moves_each_cluster_toward_its_best_sigma_deterministically():
+    best = [1.0]
+    s = np.exp(np.linspace(np.log(0.05), np.log(1.0), 2000))
+    for w in WIDTHS:
+        score = s * norm.ppf(np.clip(2 * norm.cdf(w / s) - 1, 1 / 16, 15 / 16))
+        best.append(s[score.argmax()])
+    assert best[1] == 1.0 and 0.07 < best[2] < 0.09
+    tables = train_toy_table(20)
+    wide, narrow = tables[5][:20], tables[5][20:]
+    # after 6 epochs: the wide cluster went up at every visit from the second on; the narrow one came down
+    torch.testing.assert_close(wide, torch.full((20,), 0.25 * E ** 5))
+    assert narrow.median() <= 0.25 / E ** 2 and (narrow < 0.25).float().mean() >= 0.75
+    # after 20: the wide cluster's median at sigma_max (single draws still send a few down for a while, never
+    # back below where they were after 6 epochs), the narrow one's median within a factor e^(3 eta) of its best
+    assert tables[-1][:20].median() == 1.0 and tables[-1][:20].min() >= 0.25 * E ** 5 * (1 - 1e-6)
+    assert best[2] / E ** 3 <= tables[-1][20:].median() <= best[2] * E ** 3
+    assert all((t[20:] < 0.25).float().mean() >= 0.75 for t in tables[5:])
+    for a, b in zip(tables, train_toy_table(6)):  # the same seed, the same tables
+        assert torch.equal(a, b)
+    assert not torch.equal(tables[5], train_toy_table(6, seed=1)[-1])
+
+
+class CountingRows(torch.nn.Module):
+    """A tiny classifier that records the number of rows of every forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        self.rows: list[int] = []
+
+    def forward(self, x):
+        self.rows.append(x.shape[0])
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("rule,loss,expected", [
+    ("search", "gaussian", [3 * 4 * 6, 6]),   # 3 candidates x m_update 4 draws x 6 rows, then the step
+    ("probe", "gaussian", [6]),               # the step's own forward only, as in stage 1
+    ("probe", "consistency", [2 * 6]),        # the loss's 2 noisy copies, nothing more
+])
+def test_forward_passes_per_stage2_step(rule, loss, expected):
+    from insta_rs.losses import ConsistencyLoss, GaussianAugmentation
+
+    loss_object = ConsistencyLoss() if loss == "consistency" else GaussianAugmentation()
+    settings = InstaRSSettings(**{**SETTINGS, "stage1_epochs": 0, "m_update": 4, "update_rule": rule},
+                               loss=loss_object)
+    module = SmoothingClassifier(CountingRows(), 3, settings, num_train=10)
+    x, y, idx = torch.rand(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 2, 3, 5, 7, 9])
+    module.training_step((x, y, idx), 0)
+    assert module.model.rows == expected
+    assert module.sigma_table.label[idx].tolist() == y.tolist()  # both rules updated the batch
+
+
+def test_stage1_across_sigmas(compose):
+    """stage1_sigma=log_uniform: log sigma uniform on [log sigma_min, log sigma_max] (Kolmogorov-Smirnov);
+    a list: its levels, each about equally often; validation stays at sigma0; through train=insta_rs_probe."""
+    from hydra.utils import instantiate
+    from scipy.stats import kstest
+
+    cfg = compose("train", ["train=insta_rs_probe", "train.stage1_sigma=log_uniform"])
+    settings = instantiate(cfg.train, _convert_="all")
+    assert settings.update_rule == "probe" and settings.stage1_sigma == "log_uniform"
+    torch.manual_seed(0)
+    drawn = settings.stage1_levels(20000, "cpu")
+    assert drawn.min() >= 0.05 and drawn.max() <= 1.0
+    logs = (np.log(drawn.numpy()) - np.log(0.05)) / (np.log(1.0) - np.log(0.05))
+    assert kstest(logs, "uniform").pvalue > 0.01
+    levels = InstaRSSettings(**{**SETTINGS, "stage1_sigma": [0.12, 0.5]}).stage1_levels(4000, "cpu")
+    assert levels.unique().tolist() == pytest.approx([0.12, 0.5]) and abs(float((levels == 0.5).float().mean()) - 0.5) < 0.05
+    assert InstaRSSettings(**SETTINGS).stage1_levels(3, "cpu") is None  # sigma0: drawn as before
+    module = SmoothingClassifier(CountingRows(), 3, settings, num_train=10)
+    seen = {}
+    inner = module.loss
+
+    def recording(model, x, y, sigma):
+        seen["sigma"] = sigma.clone()
+        return inner(model, x, y, sigma)
+
+    module.loss = recording
+    module.training_step((torch.rand(64, 1, 2, 2), torch.zeros(64, dtype=torch.long), torch.arange(64) % 10), 0)
+    assert module.phase == "gaussian" and seen["sigma"].unique().numel() == 64  # one sigma per row
+    assert torch.all(module._draw_levels(5, "cpu") == 0.25)  # validation's noise: sigma0
+
+
 @pytest.mark.parametrize("loss", ["gaussian", "consistency", "macer"])
 def test_stage2_step_trains_each_example_at_its_own_sigma_with_any_loss(compose, loss):
     """``train=insta_rs train/loss=<loss>`` composes, and a stage-2 step updates the batch's sigmas first,
@@ -240,14 +440,15 @@ def test_stage2_step_trains_each_example_at_its_own_sigma_with_any_loss(compose,
 
 # ------------------------------------------------------------------ the real train.py ---------------------------
 
-TRAIN = ["train=insta_rs", "dataset=synthetic", "train.epochs=4", "train.stage1_epochs=1", "train.batch_size=32",
+TRAIN = ["train=insta_rs_probe", "dataset=synthetic", "train.epochs=4", "train.stage1_epochs=1", "train.batch_size=32",
          "trainer.enable_progress_bar=false"]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One uninterrupted run (logger=none), and one stopped after epoch 3 of 4 (mid stage 2, logger=wandb
-    offline + csv) then resumed with ckpt_path=last (logger=csv). Same seed."""
+    offline + csv) then resumed with ckpt_path=last (logger=csv). Same seed; the probe rule, whose state (the
+    per-side means, counts and last sides) and random first sides a resume must carry."""
     root = tmp_path_factory.mktemp("insta_train")
     full, part = root / "full", root / "part"
     run_script("train.py", f"hydra.run.dir={full}", *TRAIN, "logger=none")
@@ -263,11 +464,15 @@ def test_resume_mid_stage2_ends_like_the_uninterrupted_run(runs):
     assert set(interrupted["insta_rs"]["rng"]) == {"torch", "cuda", "numpy", "python"}
     a = torch.load(runs["full"] / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(runs["part"] / "checkpoints" / "last.ckpt", weights_only=False)
-    assert a["epoch"] == b["epoch"] == 3  # the index of the last finished epoch
+    # the same number of steps; "epoch" is the last finished epoch's index (3), or 4 where Lightning's
+    # ModelCheckpoint(save_last=True).on_train_end wrote last.ckpt after the loop, as it does when validation
+    # did not improve in the resumed epochs (conf/callbacks/default.yaml)
+    assert a["global_step"] == b["global_step"] == 4 * 8 and a["epoch"] in (3, 4) and b["epoch"] in (3, 4)
     # the table after the resumed epoch moved on from the interrupted one, and equals the uninterrupted run's
     assert not torch.equal(b["insta_rs"]["sigma_table"], interrupted["insta_rs"]["sigma_table"])
-    for key in ("sigma_table", "label_table", "difficulty"):
+    for key in ("sigma_table", "label_table", "difficulty", "probe_mean", "probe_count", "probe_side"):
         torch.testing.assert_close(a["insta_rs"][key], b["insta_rs"][key], rtol=0, atol=0, equal_nan=True)
+    assert (b["insta_rs"]["probe_count"] > 0).all()  # every example saw both sides
     assert a["insta_rs"]["visits"] == b["insta_rs"]["visits"] == 3 * 8  # 3 stage-2 epochs of 256 / 32 batches
     # weights, optimizer momentum and LR schedule too: the same trajectory, not just the same table
     for name, tensor in a["state_dict"].items():
@@ -291,7 +496,8 @@ def test_train_sigma_export(runs):
     labels = torch.tensor([int(Synthetic().split("train")[i][1]) for i in range(256)])
     assert torch.equal(exported["label"], labels)
     assert exported["sigma"].min() >= 0.05 and exported["sigma"].max() <= 1.0 + 1e-6
-    assert len(set(exported["sigma"].tolist())) > 3  # examples got different sigmas
+    # examples got different sigmas: two probe moves of e^(+-eta) after 3 stage-2 epochs, up for some, down for others
+    assert (exported["sigma"] > 0.25 * E).any() and (exported["sigma"] < 0.25 / E).any()
     table = torch.load(runs["full"] / "checkpoints" / "last.ckpt", weights_only=False)["insta_rs"]["sigma_table"]
     torch.testing.assert_close(exported["sigma"], table[exported["idx"]])
     assert (runs["full"] / "sigma_hist_train.png").stat().st_size > 1000
@@ -349,19 +555,25 @@ def test_resume_from_another_model_is_refused_in_one_line(runs):
 
 class RecordSigmaUpdates(pl.Callback):
     """Test helper (used by the DDP test through +callbacks.record._target_): each rank records its own
-    (idx, new sigma) of every update, before the gather, and the standard-normal draws of every training
-    step's loss (the Gaussian loss's e, drawn first by it: peeked from the RNG, which is then put back); it
-    saves them with its final table."""
+    updates before the gather (search rule: (idx, new sigma); probe rule: (idx, side, signal, label)), and the
+    standard-normal draws of every training step's loss (the Gaussian loss's e, drawn first by it: peeked from
+    the RNG, which is then put back); it saves them with its final table."""
 
     def on_train_start(self, trainer, pl_module):
         self.updates, self.noise = [], []
         table, loss = pl_module.sigma_table, pl_module.loss
-        propose = table.propose
+        propose, observe = table.propose, table.observe
 
         def recording_propose(*args):
             proposal = propose(*args)
             self.updates.append({"idx": proposal[0].cpu(), "sigma": proposal[1].cpu()})
             return proposal
+
+        def recording_observe(logits, y, idx, gather):
+            signal = rules.probe_signal(logits, y, table.signal)
+            self.updates.append({"idx": idx.cpu(), "side": table._pending[1].cpu(), "signal": signal.cpu(),
+                                 "label": y.cpu()})
+            return observe(logits, y, idx, gather)
 
         def recording_loss(model, x, y, sigma):
             state = torch.get_rng_state()
@@ -369,26 +581,33 @@ class RecordSigmaUpdates(pl.Callback):
             torch.set_rng_state(state)
             return loss(model, x, y, sigma)
 
-        table.propose, pl_module.loss = recording_propose, recording_loss
+        if isinstance(table, rules.ProbeSigmaTable):
+            table.observe = recording_observe
+        else:
+            table.propose = recording_propose
+        pl_module.loss = recording_loss
 
     def on_train_end(self, trainer, pl_module):
         import os
         from pathlib import Path
 
-        table = pl_module.sigma_table
-        torch.save({"updates": self.updates, "noise": self.noise, "sigma": table.sigma.cpu(), "label": table.label.cpu()},
+        torch.save({"updates": self.updates, "noise": self.noise, "table": pl_module.sigma_table.state_dict()},
                    Path(os.environ["INSTA_RS_RUN_DIR"]) / f"table_rank{trainer.global_rank}.pt")
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_ranks_draw_their_own_noise_and_hold_the_table_the_gathered_updates_imply(tmp_path, monkeypatch):
+@pytest.mark.parametrize("rule", ["insta_rs", "insta_rs_probe"])
+def test_ddp_two_cpu_ranks_draw_their_own_noise_and_hold_the_table_the_gathered_updates_imply(rule, tmp_path,
+                                                                                             monkeypatch):
     """31 examples on 2 ranks: the distributed sampler pads to 32, so each epoch one example is visited by
     both ranks in the same step (one shared shuffle). In every step the two ranks draw different noise.
     Replaying both ranks' own updates in rank order, the lowest rank's value winning a duplicate, must give
-    exactly the table that each rank holds."""
+    exactly the table that each rank holds (search rule: the new sigmas; probe rule: the signals, applied to a
+    fresh table, which must then equal each rank's in every tensor; a duplicated example was probed at the
+    same side on both ranks once visited before)."""
     run_dir = tmp_path / "ddp"
     monkeypatch.setenv("PYTHONPATH", f"{ROOT / 'tests'}:{ROOT}")
-    run_script("train.py", f"hydra.run.dir={run_dir}", "train=insta_rs", "dataset=synthetic", "trainer=ddp_sim",
+    run_script("train.py", f"hydra.run.dir={run_dir}", f"train={rule}", "dataset=synthetic", "trainer=ddp_sim",
                "dataset.train_size=31", "dataset.val_size=16", "train.epochs=4", "train.stage1_epochs=1",
                "train.batch_size=16", "logger=csv", "+callbacks.record._target_=test_insta_train.RecordSigmaUpdates",
                timeout=110)
@@ -399,19 +618,34 @@ def test_ddp_two_cpu_ranks_draw_their_own_noise_and_hold_the_table_the_gathered_
         assert (mine - theirs).abs().min() > 0, "the two ranks drew the same noise"
     assert len(ranks[0]["updates"]) == len(ranks[1]["updates"]) == 3  # one step per rank in each stage-2 epoch
     table = torch.full((31,), 0.25)
+    replay = InstaRSSettings(**{**SETTINGS, "update_rule": "probe"}).sigma_table(31)  # the run's probe settings
     duplicates = 0
-    for mine, theirs in zip(ranks[0]["updates"], ranks[1]["updates"]):
+    for step, (mine, theirs) in enumerate(zip(ranks[0]["updates"], ranks[1]["updates"])):
         assert mine["idx"].shape == theirs["idx"].shape == (16,)
-        pairs = list(zip(torch.cat([mine["idx"], theirs["idx"]]).tolist(),
-                         torch.cat([mine["sigma"], theirs["sigma"]]).tolist()))
-        duplicates += len(pairs) - len({i for i, _ in pairs})
+        both = {key: torch.cat([mine[key], theirs[key]]) for key in mine}
+        duplicates += len(both["idx"]) - len(set(both["idx"].tolist()))
+        if rule == "insta_rs_probe":
+            shared = [i for i in mine["idx"].tolist() if i in theirs["idx"].tolist()] if step > 0 else []
+            for i in shared:  # visited before: its side follows from the shared table (a first side is random)
+                assert mine["side"][mine["idx"] == i].item() == theirs["side"][theirs["idx"] == i].item()
+            replay.apply_probe(both["idx"], both["side"], both["signal"], both["label"])
+            continue
+        pairs = list(zip(both["idx"].tolist(), both["sigma"].tolist()))
         for i, s in reversed(pairs):  # written last = the first occurrence = the lowest rank's value
             table[i] = s
     assert duplicates == 3
+    if rule == "insta_rs_probe":
+        expected = replay.state_dict()
+        table = expected["sigma_table"]
+        assert len(table.unique()) > 1  # the sigmas moved
+        for rank in ranks:
+            for key, value in expected.items():
+                if key != "visits":
+                    torch.testing.assert_close(rank["table"][key], value, rtol=0, atol=0, equal_nan=True, msg=key)
     for rank in ranks:
-        torch.testing.assert_close(rank["sigma"], table, rtol=0, atol=0)
-        assert (rank["label"] >= 0).all()
-    assert torch.equal(ranks[0]["label"], ranks[1]["label"])
+        torch.testing.assert_close(rank["table"]["sigma_table"], table, rtol=0, atol=0)
+        assert (rank["table"]["label_table"] >= 0).all()
+    assert torch.equal(ranks[0]["table"]["label_table"], ranks[1]["table"]["label_table"])
     exported = torch.load(run_dir / "train_sigma.pt", weights_only=False)
     assert exported["idx"].tolist() == list(range(31))
     torch.testing.assert_close(exported["sigma"], table, rtol=0, atol=0)
