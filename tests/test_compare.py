@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +19,19 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from scipy.stats import binomtest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import CONF, run_script
 from fixtures_data import write_cifar10, write_image_folder
-from insta_rs import analysis
+from insta_rs import analysis, intervals
 from insta_rs.compare import (collect_runs, compare, differing_keys, is_incidental, is_seed, main, path_labels,
                               setting_labels)
 from insta_rs.cli import SWEEP_SUFFIX_ENV, SweepGroupCallback, sweep_suffix
 from insta_rs.losses import GaussianAugmentation
 from insta_rs.training import TrainSettings
-from wandb_offline import wait_complete
+from wandb_offline import offline_runs, wait_complete
 
 LOSS_CLASSES = {"gaussian": "GaussianAugmentation", "consistency": "ConsistencyLoss", "macer": "MacerLoss"}
 
@@ -88,14 +90,20 @@ def expected_rows(path: Path, radii) -> dict[str, dict]:
     return analysis.summarize_by_guarantee(analysis.read_certification(path), radii)
 
 
-def assert_row_matches(row: pd.Series, summary: dict, radii) -> None:
+def assert_row_matches(row: pd.Series, summary: dict, radii, tolerance: float = 1e-12) -> None:
+    """The table's numbers and intervals are the summary's (compare.csv rounds to 6 decimals: tolerance 1e-6)."""
+    ci = summary["intervals"]
     assert row["rows"] == summary["rows"]
-    assert row["acr"] == pytest.approx(summary["acr"], abs=1e-12)
+    assert row["acr"] == pytest.approx(summary["acr"], abs=tolerance)
+    assert [row["acr_lo"], row["acr_hi"]] == pytest.approx(ci["acr"], abs=tolerance)
     for r in radii:
-        assert row[f"acc@{float(r):g}"] == pytest.approx(summary["certified_accuracy"][float(r)], abs=1e-12)
-    assert row["clean_accuracy"] == pytest.approx(summary["clean_accuracy"], abs=1e-12)
-    assert row["abstain_rate"] == pytest.approx(summary["abstain_rate"], abs=1e-12)
-    assert row["seconds_per_input"] == pytest.approx(summary["seconds_per_input"], abs=1e-12)
+        assert row[f"acc@{float(r):g}"] == pytest.approx(summary["certified_accuracy"][float(r)], abs=tolerance)
+        assert [row[f"acc@{float(r):g}_lo"], row[f"acc@{float(r):g}_hi"]] == pytest.approx(
+            ci["certified_accuracy"][float(r)], abs=tolerance)
+    assert row["clean_accuracy"] == pytest.approx(summary["clean_accuracy"], abs=tolerance)
+    assert row["abstain_rate"] == pytest.approx(summary["abstain_rate"], abs=tolerance)
+    assert [row["abstain_rate_lo"], row["abstain_rate_hi"]] == pytest.approx(ci["abstain_rate"], abs=tolerance)
+    assert row["seconds_per_input"] == pytest.approx(summary["seconds_per_input"], abs=tolerance)
 
 
 # ------------------------------------------------------------------------------------------- labels and numbers
@@ -117,16 +125,22 @@ def test_three_runs_are_labelled_by_the_setting_that_differs(three_sigmas, tmp_p
     csv = pd.read_csv(out / "compare.csv")
     assert list(csv["run"]) == labels
     assert list(csv["train.sigma"]) == [0.12, 0.25, 0.5]
-    radii = analysis.CIFAR10_RADII  # digits: the CIFAR-10 grid
+    # digits: the CIFAR-10 grid up to the largest certified radius (below 2 = 4 x 0.5), rounded up to 0.25
+    radii = analysis.grid_up_to_reach(analysis.CIFAR10_RADII, [analysis.read_certification(d / "certify.tsv")
+                                                              for d in three_sigmas])
+    assert radii[-1] <= 2.0 and radii == analysis.CIFAR10_RADII[:len(radii)]
     for row, cert_dir in zip(csv.to_dict("records"), three_sigmas):
         (summary,) = expected_rows(cert_dir / "certify.tsv", radii).values()
-        assert_row_matches(pd.Series(row), summary, radii)
-        assert row["guarantee"] == "sound" and row["source"].endswith(f"{cert_dir.name}/certify.tsv")
+        assert_row_matches(pd.Series(row), summary, radii, tolerance=1e-6)
+        assert row["guarantee"] == "sound" and row["source"] == str((cert_dir / "certify.tsv").resolve())
+    # rounded: no float noise (0.18964409999999998) in the file
+    assert not re.search(r"\d\.\d{7,}", (out / "compare.csv").read_text())
     markdown = (out / "compare.md").read_text()
     assert markdown in printed
     for label in labels:
         assert f"| {label} | sound | 12 |" in markdown
-    assert "s/input" in markdown and "clean acc" in markdown and "acc@2.25" in markdown
+    assert "s/input" in markdown and "clean acc" in markdown and f"acc@{radii[-1]:g} |" in markdown
+    assert "acc@2.25" not in markdown
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -264,14 +278,17 @@ def test_a_folder_of_runs_expands_in_natural_order_and_imagenet_gets_its_grid(tm
         cert = make_run(sweep, job, tsv_rows(int(job)), train={"sigma": int(job) / 10})
         cert.rename(sweep / job)  # a multirun: <sweep>/<job number>/certify.tsv
     assert [r.tsv.parent.name for r in collect_runs([sweep])] == ["1", "2", "10"]
-    assert compare([sweep]).radii == analysis.CIFAR10_RADII
+    # the CIFAR-10 grid up to the largest certified radius of the runs, rounded up to its step
+    top = max(analysis.read_certification(p).query("correct == 1")["radius"].max() for p in sweep.rglob("certify.tsv"))
+    assert compare([sweep]).radii == tuple(r for r in analysis.CIFAR10_RADII if r < top + 0.25)
     imagenet = make_run(tmp_path, "in", tsv_rows(5))
     imagenet_b = make_run(tmp_path, "in2", tsv_rows(6), train={"sigma": 0.5})
     for train_dir in (tmp_path / "train_in", tmp_path / "train_in2"):
         cfg = yaml.safe_load((train_dir / "config.yaml").read_text())
         cfg["dataset"] = {"_target_": "insta_rs.data.ImageNet", "root": "data/imagenet"}
         write_yaml(train_dir / "config.yaml", cfg)
-    assert compare([imagenet, imagenet_b]).radii == analysis.IMAGENET_RADII
+    radii = compare([imagenet, imagenet_b]).radii  # ImageNet's grid (step 0.5), up to the largest certified radius
+    assert radii[1] == 0.5 and radii == analysis.IMAGENET_RADII[:len(radii)]
 
 
 def test_a_missing_training_config_leaves_a_note_and_certification_labels(tmp_path, capsys):
@@ -285,14 +302,18 @@ def test_a_missing_training_config_leaves_a_note_and_certification_labels(tmp_pa
 
 
 @pytest.mark.parametrize("args,code,words", [
-    (["{tmp}/nowhere"], 1, "no such file"),
-    (["{tmp}/trainrun"], 1, "certify it first"),
+    (["{tmp}/nowhere"], 2, "no such file"),
+    (["{tmp}/trainrun"], 2, "certify it first"),
+    (["{tmp}/empty"], 2, "no certify.tsv or predict.tsv in it"),
+    (["{tmp}/ok.tsv", "--reference", "nobody"], 2, "--reference"),
+    (["{tmp}/ok.tsv", "--reference", "envelope"], 2, "needs --envelope"),
     (["{tmp}/bad.tsv"], 1, "missing column"),
     (["{tmp}/ok.tsv", "--radii", "0,-1"], 2, "--radii"),
     (["{tmp}/ok.tsv", "--wandb", "cloud"], 2, "--wandb"),
 ])
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys, args, code, words):
     (tmp_path / "trainrun" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
     (tmp_path / "bad.tsv").write_text("idx\tlabel\n0\t1\n")
     (tmp_path / "ok.tsv").write_text(COHEN)
     assert main([a.format(tmp=tmp_path) for a in args]) == code
@@ -350,7 +371,7 @@ def test_wandb_group_is_the_experiment_and_the_sweep(compose, monkeypatch):
 @pytest.mark.slow
 def test_real_certify_sweep_compares_and_groups_in_wandb(trained_digits, tmp_path):
     """certify.py -m over certify.n: the sweep folder goes through compare, labelled certify.n=...; each job's
-    W&B run is in the group <experiment>/<sweep>."""
+    W&B run joins the group of the training run it certifies, named after that run and its own settings."""
     sweep = tmp_path / "2025-01-31" / "12-00-00"
     run_script("certify.py", "-m", f"ckpt_path={trained_digits}/checkpoints/last.ckpt", "certify=fast",
                "certify.max=6", "certify.n0=32", "certify.n=200,300,400", "certify.progress=false", "logger=wandb",
@@ -360,9 +381,11 @@ def test_real_certify_sweep_compares_and_groups_in_wandb(trained_digits, tmp_pat
     for job in ("0", "1", "2"):
         (summary,) = expected_rows(sweep / job / "certify.tsv", result.radii).values()
         assert_row_matches(result.table.iloc[int(job)], summary, result.radii)
-        (run_file,) = (sweep / job / "wandb").glob("offline-run-*/*.wandb")
-        wait_complete(run_file)
-        assert b"adhoc/2025-01-31/12-00-00" in run_file.read_bytes()
+    (trained,) = offline_runs(trained_digits)
+    for job, n in (("0", 200), ("1", 300), ("2", 400)):
+        (run,) = offline_runs(sweep / job)
+        assert run["group"] == trained["group"] == "adhoc"
+        assert run["name"] == f"{trained['name']} / fixed sigma=0.25 (n={n}, alpha=0.001)"
 
 
 # ---------------------------------------------------------------------------------------- experiment configs
@@ -507,3 +530,134 @@ def test_the_headroom_takes_each_inputs_best_certificate_on_the_common_inputs():
     # every run wrong on an input: that input is wrong with radius 0
     none = analysis.per_input_best_rows([("a", a.assign(correct=0))])
     assert none["correct"].tolist() == [0, 0, 0] and none["radius"].tolist() == [0.0, 0.0, 0.0]
+
+
+# ------------------------------------------------------------------------------- intervals and differences
+
+
+def hand_tsv(path: Path, correct_radius: dict[int, float], inputs=range(20), sigma="0.25", guarantee="sound") -> Path:
+    """A certification file on ``inputs``: correct with the given radius on the inputs of ``correct_radius``,
+    abstaining on the others; ``sigma`` a number (one sigma: a fixed-sigma file) or "vary" (one per input)."""
+    lines = [HEADER.rstrip("\n")]
+    for i in inputs:
+        right = i in correct_radius
+        s = f"{0.1 + 0.01 * i:g}" if sigma == "vary" else sigma
+        lines.append(f"{i}\t1\t{1 if right else -1}\t{correct_radius.get(i, 0.0)}\t{int(right)}\t1.0\t{s}\t0.9"
+                     f"\t{guarantee}\t0\t0")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_differences_from_the_envelope_recompute_it_in_every_resample(tmp_path, capsys):
+    """Two fixed-sigma runs that tie at r = 0 (10 of 20 inputs each, different ones); a selector right on 11:
+    its plain difference from the envelope is +0.05, but its interval includes 0 (a tie). A row right on all 20
+    differs by +0.5 with an interval above 0 (marked). The difference interval is the bootstrap of the row minus
+    the maximum of the two runs taken in each resample: never above the one against either run alone."""
+    low = hand_tsv(tmp_path / "low.tsv", {i: 0.3 for i in range(10)})
+    high = hand_tsv(tmp_path / "high.tsv", {i: 0.8 for i in range(10, 20)}, sigma="0.5")
+    selector = hand_tsv(tmp_path / "selector.tsv", {**{i: 0.3 for i in range(10)}, 10: 0.8}, sigma="vary")
+    best = hand_tsv(tmp_path / "best.tsv", {i: 0.6 for i in range(20)}, sigma="vary")
+    radii = (0.0, 0.5)
+    result = compare([low, high, selector, best], radii=radii, envelope=True)
+    table = result.table.set_index("run")
+    row = table.loc["selector"]
+    assert row["d_acc@0"] == pytest.approx(0.05) and row["d_acc@0_lo"] < 0 < row["d_acc@0_hi"]
+    assert row["pairing"] == "paired, 20 inputs" and row["paired_inputs"] == 20
+    assert table.loc["best", "d_acc@0"] == pytest.approx(0.5) and table.loc["best", "d_acc@0_lo"] > 0
+    # the same numbers from the statistics module, on the inputs aligned by hand (columns: acc@0, acc@0.5, clean, ACR)
+    frames = [analysis.read_certification(p) for p in (selector, low, high)]
+    values = [analysis.per_input_matrix(df, radii)[1] for df in frames]
+    difference, lo, hi = intervals.envelope_difference(values[0], values[1:])
+    assert [row["d_acc@0"], row["d_acc@0_lo"], row["d_acc@0_hi"]] == pytest.approx([difference[0], lo[0], hi[0]])
+    assert [row["d_acr"], row["d_acr_lo"], row["d_acr_hi"]] == pytest.approx([difference[-1], lo[-1], hi[-1]])
+    for member in values[1:]:  # against one run alone the interval sits higher: the maximum is >= each run
+        _, lo_one, hi_one = intervals.paired_difference(values[0], member)
+        assert (lo <= lo_one + 1e-12).all() and (hi <= hi_one + 1e-12).all()
+    markdown = result.markdown
+    assert "Differences from the envelope (best fixed sigma), recomputed in every resample" in markdown
+    (line,) = [line for line in markdown.splitlines() if line.startswith("| selector | sound | paired, 20 inputs")]
+    assert "| tie +0.050 [" in line
+    (line,) = [line for line in markdown.splitlines() if line.startswith("| best | sound | paired")]
+    assert "| **+0.500 [" in line
+    # the envelope's own cells carry intervals too: the Bonferroni union of the runs' exact intervals
+    envelope = table.loc[analysis.ENVELOPE_LABEL]
+    expected = intervals.envelope_interval([[10], [10]], [20, 20])
+    assert [envelope["acc@0_lo"], envelope["acc@0_hi"]] == pytest.approx([expected[0][0], expected[1][0]])
+
+
+def test_reference_row_pairing_and_unpaired_rows(tmp_path, capsys):
+    """--reference picks the row; rows on the same inputs are paired, rows sharing most inputs are paired on the
+    common ones (said), rows on other inputs are compared unpaired (said)."""
+    a = hand_tsv(tmp_path / "a.tsv", {i: 0.5 for i in range(12)})
+    b = hand_tsv(tmp_path / "b.tsv", {i: 0.5 for i in range(8)})
+    overlap = hand_tsv(tmp_path / "overlap.tsv", {i: 0.5 for i in range(4, 14)}, inputs=range(4, 24))
+    other = hand_tsv(tmp_path / "other.tsv", {i: 0.5 for i in range(100, 105)}, inputs=range(100, 110))
+    assert main([str(a), str(b), str(overlap), str(other), "--reference", "b", "--radii", "0,0.25"]) == 0
+    printed = capsys.readouterr().out
+    assert "Differences from b (sound)" in printed
+    rows = {line.split(" | ")[0][2:]: line for line in printed.splitlines() if " | sound | " in line and "paired" in line}
+    # 12 - 8 of 20 right at radius 0.5: dACR +0.1, dacc +0.2, every resample above 0
+    assert "| paired, 20 inputs | **+0.100 [" in rows["a"] and rows["a"].split(" | ")[-1].startswith("**+0.200 [")
+    assert "paired on the 16 common inputs (of 20, 20)" in rows["overlap"]
+    assert "unpaired: different inputs (10 vs 20)" in rows["other"]
+    result = compare([a, b, other], radii=(0.0,))
+    assert result.reference == "a (sound)"  # by default the first row
+    row = result.table.set_index("run").loc["other"]
+    _, lo, hi = intervals.unpaired_difference(analysis.per_input_matrix(analysis.read_certification(other), (0.0,))[1],
+                                              analysis.per_input_matrix(analysis.read_certification(a), (0.0,))[1])
+    assert [row["d_acc@0_lo"], row["d_acc@0_hi"]] == pytest.approx([lo[0], hi[0]])
+    assert pd.isna(row["paired_inputs"])
+
+
+def test_sample_size_advice_names_the_widest_interval(tmp_path, capsys):
+    a = hand_tsv(tmp_path / "a.tsv", {i: 0.5 for i in range(10)})  # 10 of 20 at r = 0: the widest interval
+    b = hand_tsv(tmp_path / "b.tsv", {i: 0.5 for i in range(19)})
+    assert main([str(a), str(b), "--radii", "0,1"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Resolution:")]
+    needed = intervals.inputs_to_halve_binomial(10, 20)
+    assert "the widest interval is acc@0 of a (sound)" in line and f"about {needed} inputs would halve it" in line
+
+
+def test_instance_curves_are_drawn_apart_and_never_called_certified(tmp_path):
+    """compare.png: the instance curve dotted with a grey band, under its own legend heading; sound curves solid;
+    the title and the y axis do not call the figure certified accuracy; the table's note says instance rows are
+    not certificates."""
+    sound = hand_tsv(tmp_path / "fixed.tsv", {i: 0.5 for i in range(12)})
+    searched = hand_tsv(tmp_path / "search.tsv", {i: 0.9 for i in range(15)}, sigma="vary", guarantee="instance")
+    result = compare([sound, searched], radii=(0.0, 0.5))
+    assert analysis.INSTANCE_NOTE in result.markdown
+    fig = analysis.certified_accuracy_figure(result.curves, guarantees=result.guarantees, bands=result.bands)
+    (ax,) = fig.axes
+    styles = {line.get_label(): line.get_linestyle() for line in ax.lines}
+    instance = [label for label, g in result.guarantees.items() if g == "instance"]
+    certified = [label for label, g in result.guarantees.items() if g == "sound"]
+    assert instance and certified
+    assert all(styles[label] == ":" for label in instance) and all(styles[label] == "-" for label in certified)
+    bands = {c.get_label(): c.get_facecolor()[0][:3] for c in ax.collections}
+    assert all(tuple(bands[f"_band {label}"]) == pytest.approx((0.5, 0.5, 0.5)) for label in instance)
+    assert all(tuple(bands[f"_band {label}"]) != pytest.approx((0.5, 0.5, 0.5)) for label in certified)
+    assert "certified accuracy" not in ax.get_ylabel() and "not certificates" in ax.get_title()
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    heading = legend.index("not certificates (instance-wise, or using the labels):")
+    assert legend.index(instance[0]) > heading > legend.index(certified[0])
+    # sound curves alone: certified accuracy, solid
+    alone = compare([sound], radii=(0.0,))
+    fig = analysis.certified_accuracy_figure(alone.curves, guarantees=alone.guarantees)
+    assert fig.axes[0].get_ylabel() == "certified accuracy" and fig.axes[0].lines[0].get_linestyle() == "-"
+
+
+def test_compare_takes_a_predict_folder(tmp_path, capsys):
+    run = tmp_path / "predict_run"
+    run.mkdir()
+    (run / "predict.tsv").write_text("idx\tlabel\tpredict\tcorrect\ttime\tsigma\tguarantee\n"
+                                     + "".join(f"{i}\t1\t{1 if i < 3 else -1}\t{int(i < 3)}\t0.5\t0.25\tsound\n"
+                                               for i in range(4)))
+    out = tmp_path / "out"
+    assert main([str(run), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    exact = binomtest(3, 4).proportion_ci(confidence_level=0.95, method="exact")
+    lo, hi = intervals.round_outward(exact.low, exact.high, 3)
+    assert f"| predict_run | sound | 4 | 0.750 [{lo:.3f}, {hi:.3f}] |" in printed
+    csv = pd.read_csv(out / "compare.csv")
+    assert list(csv["mode"]) == ["predict"] and csv["accuracy"][0] == 0.75
+    assert not (out / "compare.png").exists()  # no radius, no curve
