@@ -50,6 +50,11 @@ def user_errors(fn):
             print(f"interrupted: {resume_hint()}", file=sys.stderr)
             sys.exit(130)
         except SystemExit as exit_:
+            from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+            if isinstance(exit_, SIGTERMException):  # Lightning stopped training (or a loop) after a SIGTERM
+                print(f"stopped by SIGTERM: {resume_hint()}", file=sys.stderr)
+                sys.exit(1)
             if not isinstance(exit_.code, str):
                 raise
             print(exit_.code, file=sys.stderr)  # e.g. "certification stopped by SIGTERM ...": in the log too

@@ -6,9 +6,15 @@ Python's warnings shown as a user sees them."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from insta_rs.tracking import RUN_ID_FILE, certification_run_name, console_log, continued_run_id, training_run_name
 from wandb_offline import offline_runs
 
@@ -155,3 +161,24 @@ def test_console_log_keeps_prints_logging_and_a_progress_bars_last_state(tmp_pat
     assert (tmp_path / "job.log").read_text() == "table\na logging record\nbar 3/3\nbar 4/9\nresumed\n"
     console = capsys.readouterr()
     assert console.out == "table\nresumed\nafter\n" and "bar 1/3\rbar 2/3" in console.err
+
+
+def test_sigterm_stops_training_with_exit_1_and_the_resume_command_in_train_log(tmp_path):
+    """A SIGTERM (preemption, ``kill``) during training: Lightning stops after the current batch and would exit 0
+    as if the run had finished; the run says it was stopped and how to resume, exits 1, and train.log keeps it."""
+    run = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env.pop("INSTA_RS_RUN_DIR", None)
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "train.epochs=50", "logger=csv",
+                                "trainer.enable_progress_bar=false", "print_config=false", f"hydra.run.dir={run}"],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None and not (run / "checkpoints" / "last.ckpt").exists():
+        time.sleep(0.2)
+    assert process.poll() is None, "training ended before it could be stopped"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    (line,) = [line for line in stderr.splitlines() if "stopped by SIGTERM" in line]
+    assert f"ckpt_path=last hydra.run.dir={run}" in line and "Traceback" not in stderr
+    assert line in (run / "train.log").read_text()
