@@ -60,7 +60,7 @@ CERTIFY_PREFIX = "certify:"
 SELECTOR_KEYS = ("name", "_target_", "method")  # keys that choose what the options beside them mean
 SHORTENED_KEYS = ("name", "_target_")  # shown as their group: train.loss.name=macer -> train.loss=macer
 # keys that never label runs: paths, run folders, logging and progress output (seeds: see is_seed)
-INCIDENTAL_TOP = ("hydra", "logger", "callbacks", "tags", "num_workers", "print_config")
+INCIDENTAL_TOP = ("hydra", "logger", "wandb_run", "callbacks", "tags", "num_workers", "print_config")
 INCIDENTAL_LAST = ("ckpt_path", "root", "save_dir", "dirpath", "progress", "download", "enable_progress_bar",
                    "log_every_n_steps", "num_sanity_val_steps")
 INCIDENTAL_KEYS = ("certify.batch_size",)  # the certify batch size does not change the statistics
