@@ -24,21 +24,38 @@ from insta_rs import cli
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
+HINTS = {"sigma": "certify.py certifies at the checkpoint's train.sigma; another sigma is "
+                  "sigma_search=fixed sigma_search.sigma=VALUE"}
+"""What ``+KEY=VALUE`` for a key that no config group defines adds to its one-line refusal."""
+
+
+def prepare(cfg: DictConfig):
+    """Everything certify.py can refuse, before anything runs or is written (for every job of a sweep before
+    the first: ``cli.CheckBeforeRun``): the settings, the checkpoint with its data, the sigma method."""
+    from insta_rs.certification import CertifySettings, select_indices
+
+    settings = cli.settings(CertifySettings, cfg.certify, "certify")
+    trained = cli.trained_run(cfg.ckpt_path, cli.resolved(cfg.get("dataset")))
+    with cli.group_errors(cfg.certify, "certify"):  # certify.skip past the end of the split
+        select_indices(len(trained.source.split(settings.split)), settings.skip, settings.max)
+    spec = cli.method_spec(cfg.sigma_search, trained)
+    method = cli.build_group(spec, "sigma_search", _convert_="all")
+    cli.warn_untrained_levels(spec, trained)
+    return settings, trained, spec, method
+
+
 @hydra.main(config_path="conf", config_name="certify", version_base="1.3")
 @cli.user_errors
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from insta_rs.certification import CertifySettings, run
+    from insta_rs.certification import run
 
     hydra_config = HydraConfig.get()
     cli.share_sweep_dir_with_ranks(hydra_config.mode, hydra_config.sweep.dir)
     run_dir = Path(hydra_config.runtime.output_dir).resolve()
-    settings = cli.settings(CertifySettings, cfg.certify, "certify")
-    trained = cli.trained_run(cfg.ckpt_path, cli.resolved(cfg.get("dataset")))
-    spec = cli.method_spec(cfg.sigma_search, trained)
-    method = cli.build_group(spec, "sigma_search", _convert_="all")
-    # an image that cannot be read is met as certification reads it; the split's size is checked there too
+    settings, trained, spec, method = cli.prepared(cfg, prepare)
+    # an image that cannot be read is met as certification reads it
     with cli.data_errors(trained.source_spec), cli.group_errors(cfg.certify, "certify"):
         result = run(trained, method, spec, settings, seed=cfg.seed, run_dir=run_dir,
                      make_trainer=cli.certification_trainer(cfg.trainer, run_dir), wandb=cli.wandb_settings(cfg))
@@ -51,4 +68,4 @@ if __name__ == "__main__":
     cli.register_configs()
     cli.check_group_choices(sys.argv[1:], CONF_DIR)
     sys.argv = cli.pinned_sweep_dir(sys.argv)
-    cli.run_hydra(main)
+    cli.run_hydra(main, prepare=prepare, hints=HINTS)

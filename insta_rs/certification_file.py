@@ -83,11 +83,7 @@ class CertificationLog:
         if self.settings_path.exists():
             stored = json.loads(self.settings_path.read_text())
             if stored != self.settings:
-                key = first_difference(stored, self.settings)
-                raise ConfigError(
-                    f"{key}: the run in {self.path.parent} was made with {_describe(_lookup(stored, key))}, this command "
-                    f"asks for {_describe(_lookup(self.settings, key))}; rerun with the same settings to resume, or choose another "
-                    f"hydra.run.dir")
+                raise resume_refused(stored, self.settings, self.path)
         elif self.path.exists() and self.path.stat().st_size > 0:
             raise ConfigError(f"{self.path} exists without its settings file {self.settings_path.name}; "
                               f"move it away or choose another hydra.run.dir")
@@ -147,11 +143,26 @@ def first_difference(a, b, prefix: str = "") -> str:
     return prefix.rstrip(".") or "settings"
 
 
+def resume_refused(stored: dict, wanted: dict, tsv_path: str | Path) -> ConfigError:
+    """The refusal of a resume whose settings differ from those the rows in ``tsv_path`` were made with: the first
+    difference with both values, ``n=10000: the rows in .../certify.tsv were made with n=20000; rerun with n=20000
+    to resume, or choose another hydra.run.dir`` (the entry point adds the config group to the key)."""
+    key = first_difference(stored, wanted)
+    old, new = _describe(key, _lookup(stored, key)), _describe(key, _lookup(wanted, key))
+    made = f"with {old}" if _lookup(stored, key) is not _MISSING else f"without {key}"
+    return ConfigError(f"{new}: the rows in {tsv_path} were made {made}; rerun {made} to resume, or choose "
+                       f"another hydra.run.dir")
+
+
 _MISSING = object()
 
 
-def _describe(value) -> str:
-    return "(not set)" if value is _MISSING else repr(value)
+def _describe(key: str, value) -> str:
+    """``key=value`` as a user would type it (a string bare, anything else as JSON: null, true, [0.25, 0.5]), or
+    ``key unset``."""
+    if value is _MISSING:
+        return f"{key} unset"
+    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
 
 
 def _lookup(d, dotted: str):
@@ -200,9 +211,7 @@ def check_settings_file(tsv_path: str | Path, settings: dict) -> None:
     stored = json.loads(stored_path.read_text())
     wanted = json.loads(json.dumps(settings, default=str))
     if stored != wanted:
-        key = first_difference(stored, wanted)
-        raise ConfigError(f"{key}: the rows in {tsv_path} were made with other settings than this command asks for; "
-                          f"rerun with the same settings to resume, or choose another hydra.run.dir")
+        raise resume_refused(stored, wanted, tsv_path)
 
 
 def shard_paths(run_dir: str | Path) -> list[Path]:

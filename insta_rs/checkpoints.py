@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, DataError, check
+from .errors import CheckpointError, CheckpointSettingError, ConfigError, DataError, DataSettingError, check
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -26,10 +26,10 @@ def read_checkpoint(path: str | Path) -> dict:
     if path.is_dir():
         inside = path / "checkpoints" / "last.ckpt"
         hint = f"ckpt_path={str(inside)!r}" if inside.is_file() else "<run dir>/checkpoints/last.ckpt"
-        raise CheckpointError(f"ckpt_path={str(path)!r} is a folder, not a checkpoint file: use {hint}")
+        raise CheckpointSettingError(f"ckpt_path={str(path)!r} is a folder, not a checkpoint file: use {hint}")
     if not path.is_file():
-        raise CheckpointError(f"ckpt_path={str(path)!r} does not exist: give the path of a checkpoint written by "
-                              f"train.py (<run dir>/checkpoints/last.ckpt)")
+        raise CheckpointSettingError(f"ckpt_path={str(path)!r} does not exist: give the path of a checkpoint "
+                                     f"written by train.py (<run dir>/checkpoints/last.ckpt)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as error:
@@ -49,21 +49,24 @@ def model_state(checkpoint: dict) -> dict:
 
 
 def check_data_fits(checkpoint: dict, data_name: str, num_classes: int, input_shape, path: str | Path) -> None:
-    """DataError (one line) when a data set cannot be fed to the checkpoint's model: another class count, or
-    images with another channel count than the training data's (the first layer's weights cannot take them).
-    Another height and width is allowed: the models end in adaptive pooling and take any size they declare."""
+    """DataSettingError (one line, exit code 2) when a data set cannot be fed to the checkpoint's model: another
+    class count, or images with another channel count than the training data's (the first layer's weights cannot
+    take them). Another height and width is allowed: the models end in adaptive pooling and take any size they
+    declare."""
     stored = checkpoint["insta_rs"]
     trained_classes = int(stored["num_classes"])
     trained_shape = (stored.get("dataset_info") or {}).get("input_shape")
     trained_name = (stored.get("dataset_info") or {}).get("name", "its training data")
     if int(num_classes) != trained_classes:
-        raise DataError(f"dataset={data_name!r} has {num_classes} classes but the model in ckpt_path={str(path)!r} "
-                        f"predicts {trained_classes}: certify with the data set it was trained on ({trained_name!r})")
+        raise DataSettingError(f"dataset={data_name!r} has {num_classes} classes but the model in "
+                               f"ckpt_path={str(path)!r} predicts {trained_classes}: certify with the data set it "
+                               f"was trained on ({trained_name!r})")
     if trained_shape is not None and int(input_shape[0]) != int(trained_shape[0]):
-        raise DataError(f"dataset={data_name!r} has {int(input_shape[0])}-channel images, input_shape="
-                        f"{tuple(int(v) for v in input_shape)}, but the model in ckpt_path={str(path)!r} was trained on "
-                        f"{int(trained_shape[0])}-channel images {tuple(int(v) for v in trained_shape)}: certify with "
-                        f"the data set it was trained on ({trained_name!r})")
+        raise DataSettingError(f"dataset={data_name!r} has {int(input_shape[0])}-channel images, input_shape="
+                               f"{tuple(int(v) for v in input_shape)}, but the model in ckpt_path={str(path)!r} was "
+                               f"trained on {int(trained_shape[0])}-channel images "
+                               f"{tuple(int(v) for v in trained_shape)}: certify with the data set it was trained on "
+                               f"({trained_name!r})")
 
 
 def load_weights(model, checkpoint: dict, path: str | Path) -> None:
@@ -204,8 +207,8 @@ def load_selector(path: str | Path, device=None) -> tuple[nn.Module, dict]:
     ``weights_only=True``). CheckpointError when missing or not a selector file."""
     path = Path(str(path)).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"the selector file {str(path)!r} does not exist: give the selector.pt written by "
-                              "python train.py train=selector base_ckpt=PATH")
+        raise CheckpointSettingError(f"the selector file {str(path)!r} does not exist: give the selector.pt written "
+                                     "by python train.py train=selector base_ckpt=PATH")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:

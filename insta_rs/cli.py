@@ -40,8 +40,6 @@ def user_errors(fn):
         os.environ.setdefault("WANDB_SILENT", "true")
         quiet_lightning()
         try:
-            if args and hasattr(args[0], "get") and args[0].get("print_config", False) and is_rank_zero():
-                print_config(args[0])
             return fn(*args, **kwargs)
         except InstaRSError as error:
             remove_empty_run_dir()
@@ -91,9 +89,9 @@ PLUMBING_GROUPS = ("callbacks", "logger", "paths", "print_config")  # left out o
 
 
 def print_config(cfg) -> None:
-    """The composed config as a YAML tree on stdout, at the start of a run (``print_config: true``, the
-    default of conf/train.yaml and conf/certify.yaml): resolved where it resolves, without the plumbing
-    (callbacks, logger, paths; the whole config is in <run dir>/.hydra/config.yaml)."""
+    """The composed config as a YAML tree on stdout, once the run's settings are checked (``prepared``;
+    ``print_config: true``, the default of conf/train.yaml and conf/certify.yaml): resolved where it resolves,
+    without the plumbing (callbacks, logger, paths; the whole config is in <run dir>/.hydra/config.yaml)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -128,7 +126,8 @@ def resume_hint() -> str:
 
 def remove_empty_run_dir() -> None:
     """After a refused run, remove its run directory if it holds nothing but what Hydra wrote when it
-    started (``.hydra/`` and the job's log): a failed command leaves no empty run folder behind."""
+    started (``.hydra/`` and the job's log), and then each folder above it that this leaves empty, up to the
+    working directory (``outputs/certify/<date>/``): a failed command leaves no empty run folder behind."""
     import shutil
 
     try:
@@ -137,22 +136,42 @@ def remove_empty_run_dir() -> None:
         config = HydraConfig.get()
     except (ImportError, ValueError):
         return
-    run_dir = Path(config.runtime.output_dir)
+    run_dir = Path(config.runtime.output_dir).resolve()
     if os.environ.get("LOCAL_RANK", "0") != "0" or not run_dir.is_dir():
         return
     hydra_files = {".hydra", f"{config.job.name}.log"}
     if all(entry.name in hydra_files for entry in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
+        remove_empty_parents(run_dir)
+
+
+def remove_empty_parents(path: Path) -> None:
+    """Remove the empty folders above ``path`` that lie inside the working directory (those Hydra made for
+    the run, such as ``outputs/certify/<date>/``), from the nearest up; stop at the first one that holds
+    anything."""
+    cwd = Path.cwd().resolve()
+    for parent in Path(path).resolve().parents:
+        try:
+            if cwd not in parent.parents or any(parent.iterdir()):
+                return
+            parent.rmdir()
+        except OSError:  # another process wrote into it meanwhile
+            return
 
 
 _HELD: dict = {}
 
 
-def run_hydra(main) -> None:
+def run_hydra(main, prepare=None, hints: dict[str, str] | None = None) -> None:
     """Call a ``@hydra.main`` function so that Hydra's own errors before the task starts (an override that
     does not parse, such as ``train.sigma 0.5``; an unknown key; a wrong type) are one line and exit 2 like
     ours, instead of Hydra's several lines and exit 1. Hydra writes them to stderr and exits 1; stderr is
-    held until the task function starts (``user_errors`` releases it), so only those messages are caught."""
+    held until the task function starts (``user_errors`` releases it), so only those messages are caught.
+
+    ``prepare(cfg)``: the entry point's checks, run on every job's config before the first job starts
+    (``CheckBeforeRun``, the callback of conf/hydra/default.yaml); ``hints``: a sentence for a top-level key
+    that users add by mistake (``+sigma=0.5``), shown when such a key is refused (``check_added_keys``)."""
+    _ENTRY.update(prepare=prepare, hints=dict(hints or {}))
     _HELD["stderr"], _HELD["buffer"] = sys.stderr, io.StringIO()
     sys.stderr = _HELD["buffer"]
     try:
@@ -182,6 +201,289 @@ def _hydra_message(text: str) -> str:
     skip = ("Set the environment variable", "full_key:", "object_type", "reference_type")
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(skip)]
     return "; ".join(lines) or "Hydra could not compose the config"
+
+
+# -- every job's settings checked before the first job runs ---------------------------------------------------
+
+_ENTRY: dict = {}      # what run_hydra was given: prepare (the entry point's checks) and hints
+_PREPARED: dict = {}   # a single run's prepared objects, from the check to the task function (``prepared``)
+_QUIET: dict = {}      # "on": warnings are not printed (while the jobs of a sweep are checked)
+
+
+def warn(text: str) -> None:
+    """A warning on stderr (a setting that works but is likely a mistake), once per run: not on DDP child
+    ranks, nor while a sweep's jobs are checked (each job warns when it runs)."""
+    if not _QUIET.get("on") and os.environ.get("LOCAL_RANK") in (None, "0"):
+        print(f"warning: {text}", file=sys.stderr)
+
+
+def prepared(cfg, prepare):
+    """``prepare(cfg)``, the entry point's checks and the objects they build (settings, data, model), for the
+    task function; a single run reuses what ``CheckBeforeRun`` built for the same config before Hydra made the
+    run folder. Then the config tree is printed (``print_config``): after the checks, never before an error."""
+    key = _task_key(cfg)
+    if _PREPARED.get("key") == key:
+        value = _PREPARED["value"]
+        _PREPARED.clear()
+    else:
+        value = prepare(cfg)
+    if cfg.get("print_config", False) and is_rank_zero():
+        print_config(cfg)
+    return value
+
+
+def _task_key(cfg) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(cfg, resolve=False)
+
+
+def task_config(job_cfg):
+    """A job's config as its task function sees it: a copy without the ``hydra`` node (as Hydra's run_job does)."""
+    import copy
+
+    from omegaconf import open_dict, read_write
+
+    task = copy.deepcopy(job_cfg)
+    with read_write(task), open_dict(task):
+        task.pop("hydra", None)
+    return task
+
+
+def _hydra_callback_base():
+    from hydra.experimental.callback import Callback
+
+    return Callback
+
+
+class CheckBeforeRun(_hydra_callback_base()):
+    """A Hydra callback (``hydra.callbacks.check_before_run``, conf/hydra/default.yaml) that checks what the
+    entry point's ``prepare`` checks, for the run or for every job of a sweep, before Hydra makes any folder:
+    a refused setting is one line on stderr, exit 2 (1 for a file that cannot be read), no run folder, and no
+    job runs when any job of the sweep would be refused (``sweep_jobs``). DDP child ranks skip it: rank 0
+    checked the same command."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        if _ENTRY.get("prepare") is not None and is_rank_zero():
+            check_jobs(config, [None])
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        if _ENTRY.get("prepare") is not None and is_rank_zero():
+            check_jobs(config, sweep_jobs(config))
+
+
+def sweep_jobs(config) -> list[list[str]]:
+    """The overrides of every job of a multirun, as the basic sweeper makes them: the product of the discrete
+    sweeps (``a=1,2``, ``range(...)``, ``choice(...)``) of the command line and of ``hydra.sweeper.params``. A
+    sweeper that draws its own values (Optuna's ``interval(...)``) gets the config's value for those keys: every
+    discrete value is still checked, the drawn ones are checked by the settings when each trial builds them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()]
+    arguments += list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    overrides = [o for o in parser.parse_overrides(arguments) if not o.is_sweep_override() or o.is_discrete_sweep()]
+    return BasicSweeper.split_arguments(overrides, None)[0]
+
+
+def check_jobs(config, jobs: list) -> None:
+    """Compose each job's config (``None``: the run's own ``config``) and check it (``check_job``); exit with
+    one line naming the job of a sweep and its swept values at the first refusal, before any job runs."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    swept = _swept_keys(jobs)
+    _QUIET["on"] = jobs != [None]
+    try:
+        for number, overrides in enumerate(jobs):
+            where = ""
+            if overrides is not None:
+                shown = " ".join(o for o in overrides if o.split("=", 1)[0] in swept) or " ".join(overrides)
+                where = f"sweep job {number} of {len(jobs)} ({shown}): "
+            try:
+                job = config if overrides is None else \
+                    GlobalHydra.instance().config_loader().load_sweep_config(config, list(overrides))
+                value = check_job(job)
+            except Exception as error:
+                cause = config_error(error)
+                if cause is None:
+                    raise
+                release_stderr()
+                tail = "; no job was run" if overrides is not None else ""
+                fail(type(cause)(where + " ".join(str(cause).split()) + tail), cause.exit_code)
+            if overrides is None:
+                _PREPARED.update(key=_task_key(task_config(job)), value=value)
+    finally:
+        _QUIET.clear()
+
+
+def _swept_keys(jobs: list) -> set[str]:
+    """The keys whose value differs between the jobs of a sweep."""
+    values: dict[str, set[str]] = {}
+    for overrides in jobs:
+        for override in overrides or ():
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    return {key for key, seen in values.items() if len(seen) > 1}
+
+
+def config_error(error: BaseException) -> InstaRSError | None:
+    """The one-line user error behind ``error``: the library's own (``user_error_cause``), a config value
+    OmegaConf refuses or a mandatory one left unset (``ckpt_path=???``), or a composition Hydra refuses."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    cause = user_error_cause(error)
+    if cause is not None:
+        return cause
+    if isinstance(error, MissingMandatoryValue):
+        key = getattr(error, "full_key", "") or str(error).splitlines()[0].rsplit(":", 1)[-1].strip()
+        return ConfigError(missing_value_message(key))
+    if isinstance(error, (OmegaConfBaseException, HydraException)):
+        return ConfigError(_hydra_message(str(error)))
+    return None
+
+
+MISSING_HINTS = {
+    "ckpt_path": "give the checkpoint written by train.py, e.g. ckpt_path=outputs/train/<date>/<time>/checkpoints/"
+                 "last.ckpt",
+    "sigma_search.ckpt_path": "give the selector.pt written by train.py train=selector, e.g. "
+                              "sigma_search.ckpt_path=outputs/train/<date>/<time>/selector.pt",
+}
+
+
+def missing_value_message(key: str) -> str:
+    return f"{key} is not set and has no default: {MISSING_HINTS.get(key, f'give {key}=VALUE')}"
+
+
+def check_job(job) -> object:
+    """Check one job's config (with its ``hydra`` node) before it runs: every mandatory value set, every key
+    added with ``+``/``++`` one that something takes (``check_added_keys``), then the entry point's ``prepare``
+    on the task's config; returns what ``prepare`` built."""
+    from omegaconf import OmegaConf
+
+    task = task_config(job)
+    missing = sorted(OmegaConf.missing_keys(task))
+    if missing:
+        raise ConfigError(missing_value_message(missing[0]))
+    check_added_keys(job, task)
+    return _ENTRY["prepare"](task)
+
+
+def check_added_keys(job, task) -> None:
+    """ConfigError for a key added with ``+key=value`` or ``++key=value`` that no config group defines and
+    nothing reads: at the top level (``+sigma=0.5``: Hydra's own hint for ``sigma=0.5`` leads there, and the
+    value would be ignored), or in the arguments of an object built from ``_target_`` (``+model.foo=1``). A key
+    added to a settings group without a ``_target_`` (``+certify.foo=1``) is refused when its dataclass is built
+    (``settings``); keys under ``hydra`` and config-group choices (``+experiment=demo``) are left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import DictConfig, OmegaConf
+
+    choices = set((OmegaConf.select(job, "hydra.runtime.choices") or {}).keys())
+    overrides = OverridesParser.create().parse_overrides(list(job.hydra.overrides.task))
+    for override in overrides:
+        key = override.key_or_group
+        if not (override.is_add() or override.is_force_add()) or key.startswith("hydra") or key in choices:
+            continue
+        value = override.get_value_element_as_str()
+        parts = key.split(".")
+        if len(parts) == 1 or parts[0] not in choices:  # a top-level key, or a key under one (+model.x in certify)
+            defined = (len(parts) > 1 or override.is_force_add()) and _defined_without(job, override, parts[0])
+            if not defined:
+                raise ConfigError(_top_level_refusal(task, parts[0], value, override.input_line, len(parts) == 1))
+        if len(parts) == 1:
+            continue
+        if parts[-1].startswith("_"):  # _target_, _partial_, ...: Hydra's own keys of an object
+            continue
+        for depth in range(len(parts) - 1, 0, -1):
+            node = OmegaConf.select(task, ".".join(parts[:depth]))
+            if isinstance(node, DictConfig) and "_target_" in node:
+                accepted = accepted_keys(str(node["_target_"]))
+                name = parts[depth]
+                if accepted is not None and name not in accepted:
+                    owner = f"an argument of {node['_target_']}"
+                    raise ConfigError(unknown_key_message(f"{'.'.join(parts[:depth])}.{name}", value, accepted, owner))
+                break
+
+
+def _defined_without(job, override, key: str) -> bool:
+    """Whether the config without ``override`` (``++key=...``, ``+key.sub=...``) has the top-level ``key``."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    others = [line for line in job.hydra.overrides.task if line != override.input_line]
+    base = GlobalHydra.instance().config_loader().load_configuration(
+        config_name=job.hydra.job.config_name, overrides=list(job.hydra.overrides.hydra) + others,
+        run_mode=RunMode.RUN)
+    return key in base
+
+
+def _top_level_refusal(task, key: str, value: str, typed: str, suggest: bool = True) -> str:
+    """``+sigma=0.5: sigma is not a setting of certify.py ...; did you mean sigma_search.sigma=0.5? (hint)``: the
+    keys of the config that end in ``key`` or a name close to it (when ``suggest``), and the entry point's hint."""
+    import difflib
+
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "this command"
+    leaves = [path for path in _leaf_keys(task) if path != key and not path.startswith(key + ".")]
+    same = [path for path in leaves if path.rsplit(".", 1)[-1] == key]
+    close = same or [path for path in leaves if path.rsplit(".", 1)[-1] in difflib.get_close_matches(
+        key, sorted({p.rsplit(".", 1)[-1] for p in leaves}), n=2)]
+    message = f"{typed}: {key} is not a setting of {script} (no config group defines it, so it would be ignored)"
+    if close and suggest:
+        message += f"; did you mean {' or '.join(f'{path}={value}' for path in close[:3])}?"
+    hint = _ENTRY.get("hints", {}).get(key)
+    return f"{message} ({hint})" if hint else message
+
+
+def _leaf_keys(node, prefix: str = "") -> list[str]:
+    """The dotted keys of a config's values (not of its nodes), without the plumbing groups."""
+    from omegaconf import DictConfig
+
+    keys = []
+    for name in node.keys() if isinstance(node, DictConfig) else ():
+        name = str(name)
+        if not prefix and name in PLUMBING_GROUPS:
+            continue
+        child = node._get_node(name)
+        if isinstance(child, DictConfig):
+            keys += _leaf_keys(child, f"{prefix}{name}.")
+        elif not name.startswith("_"):
+            keys.append(prefix + name)
+    return keys
+
+
+def accepted_keys(target: str) -> set[str] | None:
+    """The keyword arguments the class or function ``target`` takes (its dataclass fields, its signature's
+    names), or None when it takes any (``**kwargs``) or cannot be inspected."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        signature = inspect.signature(get_object(target))
+    except Exception:  # an unknown _target_ is Hydra's to report when it builds the object
+        return None
+    parameters = signature.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                      inspect.Parameter.KEYWORD_ONLY)}
+
+
+def unknown_key_message(key: str, value, accepted, owner: str) -> str:
+    """``certify.nn=1 is not a setting of certify: did you mean certify.n? (accepted: alpha, ...)``: the key, its
+    value, the nearest accepted key when one is close, and every accepted key."""
+    import difflib
+
+    prefix, _, name = key.rpartition(".")
+    names = sorted(str(k) for k in accepted if not str(k).startswith("_"))
+    nearest = difflib.get_close_matches(name, names, n=1)
+    guess = f"; did you mean {prefix + '.' if prefix else ''}{nearest[0]}?" if nearest else ""
+    accepted_text = f"accepted: {', '.join(names)}" if names else "it takes none"
+    return f"{key}={value} is not {owner}{guess} ({accepted_text})"
 
 
 def finish_wandb() -> None:
@@ -363,14 +665,20 @@ def settings(cls, node, group: str):
     if it has them (settings that work but are likely a mistake), are printed on stderr with their full keys."""
     from omegaconf import OmegaConf
 
+    import dataclasses
+
     values = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
+    fields = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(str(key) for key in values if key not in fields)
+    if unknown:  # e.g. +certify.foo=1: one line naming the key and the accepted ones, not the constructor's TypeError
+        raise ConfigError(unknown_key_message(f"{group}.{unknown[0]}", values[unknown[0]], fields,
+                                              f"a setting of {group}"))
     try:
         built = cls.from_dict(values) if hasattr(cls, "from_dict") else cls(**values)
     except InstaRSError as error:
         raise with_group(error, values, group) from error
-    if os.environ.get("LOCAL_RANK") in (None, "0"):  # once, not again on DDP child ranks
-        for note in getattr(built, "warnings", lambda: [])():
-            print(f"warning: {qualified(note, values, group)}", file=sys.stderr)
+    for note in getattr(built, "warnings", lambda: [])():
+        warn(qualified(note, values, group))
     return built
 
 
@@ -495,6 +803,40 @@ def wandb_run_record(cfg) -> dict:
     return trained_run_record(wandb_cfg.get("name") or training_name(cfg), group)
 
 
+def warn_untrained_levels(spec: dict, trained) -> None:
+    """A warning when a finite-set method's ``sigma_search.levels`` (cascade, grid, best_level; defaults
+    [1.0, 0.5, 0.25], best_level also 0.12) include sigmas the model was never trained at, without experts:
+    those levels certify poorly, and a model trained at one sigma is best certified at it (sigma_search=fixed).
+    Trained: ``train.sigma`` (one or a list), or [train.sigma_min, train.sigma_max] for train=insta_rs."""
+    import math
+
+    levels = spec.get("levels")
+    if not levels or spec.get("experts"):
+        return
+    train = trained.config.get("train") or {}
+    if train.get("sigma_min") is not None and train.get("sigma_max") is not None:
+        low, high = float(train["sigma_min"]), float(train["sigma_max"])
+        untrained = [s for s in levels if not low * (1 - 1e-9) <= float(s) <= high * (1 + 1e-9)]
+        what, fix = (f"train=insta_rs with sigmas in [train.sigma_min={low:g}, train.sigma_max={high:g}]",
+                     f"give levels in that range, e.g. sigma_search.levels=[{high:g},{low:g}]")
+    else:
+        sigmas = train.get("sigma")
+        sigmas = [float(s) for s in sigmas] if isinstance(sigmas, (list, tuple)) else \
+            [float(sigmas)] if isinstance(sigmas, (int, float)) else []
+        if not sigmas:
+            return
+        untrained = [s for s in levels if not any(math.isclose(float(s), t, rel_tol=1e-6) for t in sigmas)]
+        listed = ",".join(f"{t:g}" for t in sigmas)
+        what = f"train.sigma={listed if len(sigmas) == 1 else f'[{listed}]'}"
+        fix = ("certify it at that sigma with sigma_search=fixed" if len(sigmas) == 1
+               else f"give sigma_search.levels=[{listed}]")
+        fix += ", or give one model per level with sigma_search.experts"
+    if untrained:
+        shown = ", ".join(str(float(s)) for s in untrained)
+        warn(f"sigma_search.levels={[float(s) for s in levels]} but the model in ckpt_path was trained with {what}: "
+             f"level(s) {shown} were never trained and certify poorly; {fix}")
+
+
 def method_spec(node, trained) -> dict:
     """The ``sigma_search`` config as a dict, with a null ``sigma`` (the fixed-sigma method's) replaced by
     the sigma the checkpoint was trained at; a ConfigError when it was trained across several."""
@@ -520,12 +862,6 @@ def sweep_suffix(mode, sweep_dir) -> str:
     return "/" + "/".join(parts[-2:])
 
 
-def _hydra_callback_base():
-    from hydra.experimental.callback import Callback
-
-    return Callback
-
-
 class SweepGroupCallback(_hydra_callback_base()):
     """A Hydra callback (``hydra.callbacks`` in conf/logger/wandb.yaml) that puts the sweep into the W&B group:
     at the start of every job it sets INSTA_RS_SWEEP_SUFFIX to ``sweep_suffix(hydra.mode, hydra.sweep.dir)``,
@@ -541,9 +877,19 @@ class SweepGroupCallback(_hydra_callback_base()):
 
 def build_group(spec, group: str, **kwargs):
     """Hydra's ``instantiate`` of a config group's object (e.g. ``sigma_search``, ``train``, ``dataset``), with
-    the library's one-line errors given the group's full key (``with_group``)."""
+    the library's one-line errors given the group's full key (``with_group``); a key its ``_target_`` does not
+    take is a one-line ConfigError naming it (instead of the constructor's TypeError)."""
     from hydra.utils import instantiate
+    from omegaconf import DictConfig, OmegaConf
 
+    values = OmegaConf.to_container(spec, resolve=False) if isinstance(spec, DictConfig) else spec
+    if isinstance(values, dict) and "_target_" in values:
+        accepted = accepted_keys(str(values["_target_"]))
+        unknown = [] if accepted is None else sorted(str(k) for k in values if not str(k).startswith("_")
+                                                     and k not in accepted)
+        if unknown:
+            raise ConfigError(unknown_key_message(f"{group}.{unknown[0]}", values[unknown[0]], accepted,
+                                                  f"an argument of {values['_target_']}"))
     with group_errors(spec, group):
         return instantiate(spec, **kwargs)
 

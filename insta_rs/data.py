@@ -38,7 +38,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import ConfigError, DataError, check
+from .errors import ConfigError, DataError, DataSettingError, check
 
 __all__ = [
     "DatasetInfo", "IndexedDataset", "DataSource", "Digits", "MNIST", "CIFAR10", "ImageFolderData", "ImageNet",
@@ -343,8 +343,8 @@ class MNIST(_ArraySource):
             hint = ""
             if all((root / f).is_file() or (root / "raw" / f).is_file() for f in self.FILES):
                 hint = "; the files are there but one level too high: move them into MNIST/raw/"
-            raise DataError(f"root={_shown_root(root)}: {found}; {expected} (uncompressed idx files, "
-                            f"or set download=true){hint}")
+            raise DataSettingError(f"root={_shown_root(root)}: {found}; {expected} (uncompressed idx files, "
+                                   f"or set download=true){hint}")
         try:
             train = torchvision.datasets.MNIST(str(root), train=True)
             test = torchvision.datasets.MNIST(str(root), train=False)
@@ -415,8 +415,8 @@ class CIFAR10(_ArraySource):
             hint = ""
             if all((root / f).is_file() for f in self.FILES):
                 hint = f"; the batches are directly in {root}: set root={root.parent}"
-            raise DataError(f"root={_shown_root(root)}: {found}; {expected} (or set download=true)"
-                            f"{hint}")
+            raise DataSettingError(f"root={_shown_root(root)}: {found}; {expected} (or set download=true)"
+                                   f"{hint}")
         try:
             train = loader(str(root), train=True)
             test = loader(str(root), train=False)
@@ -510,7 +510,7 @@ class ImageFolderData(DataSource):
         self.root, self.root_shown = root, _shown_root(root)
         layout = f"expected {root}/{train_dir}/<class>/<image> and {root}/{test_dir}/<class>/<image>"
         if not root.is_dir():
-            raise DataError(f"root={self.root_shown}: no such folder; {layout}")
+            raise DataSettingError(f"root={self.root_shown}: no such folder; {layout}")
         dirs = {"train": train_dir, "test": test_dir}
         if val_dir is not None:
             dirs["val"] = val_dir
@@ -551,16 +551,16 @@ class ImageFolderData(DataSource):
         for split, folder in dirs.items():
             path = self.root / folder
             if not path.is_dir():
-                raise DataError(f"{split}_dir={folder}: no folder {path} under root={self.root_shown}; "
-                                f"{layout}")
+                raise DataSettingError(f"{split}_dir={folder}: no folder {path} under root={self.root_shown}; "
+                                       f"{layout}")
             classes[split] = _class_folders(path)
             if not classes[split]:
-                raise DataError(f"{split}_dir={folder}: {path} has no class folders; {layout}")
+                raise DataSettingError(f"{split}_dir={folder}: {path} has no class folders; {layout}")
             empty = [c for c in classes[split] if not _has_image(path / c, extensions)]
             if empty:
-                raise DataError(f"{split}_dir={folder}: class folders without images in {path}: "
-                                f"{', '.join(empty)}; each class folder needs at least one {'/'.join(extensions)} "
-                                "file")
+                raise DataSettingError(f"{split}_dir={folder}: class folders without images in {path}: "
+                                       f"{', '.join(empty)}; each class folder needs at least one "
+                                       f"{'/'.join(extensions)} file")
         return classes
 
     def _check_same_classes(self, dirs: dict[str, str], classes: dict[str, list[str]]) -> None:
@@ -570,9 +570,10 @@ class ImageFolderData(DataSource):
             if split != "train" and classes[split] != classes["train"]:
                 only_train = sorted(set(classes["train"]) - set(classes[split]))
                 only_other = sorted(set(classes[split]) - set(classes["train"]))
-                raise DataError(f"{split}_dir={dirs[split]}: its class folders differ from train_dir="
-                                f"{train_dir} under {self.root}: only in {train_dir}: {only_train or 'none'}; only in "
-                                f"{dirs[split]}: {only_other or 'none'}; every split needs the same class folders")
+                raise DataSettingError(f"{split}_dir={dirs[split]}: its class folders differ from train_dir="
+                                       f"{train_dir} under {self.root}: only in {train_dir}: "
+                                       f"{only_train or 'none'}; only in {dirs[split]}: {only_other or 'none'}; every "
+                                       f"split needs the same class folders")
 
     def _image_folders(self, dirs: dict[str, str], layout: str) -> dict:
         """{split: torchvision ImageFolder of its folder}; an unreadable folder raises DataError."""

@@ -23,6 +23,17 @@ class CheckpointError(InstaRSError):
     """A checkpoint that is missing, truncated, or belongs to another configuration (exit code 1)."""
 
 
+class DataSettingError(ConfigError, DataError):
+    """A DataError that a setting fixes, so a configuration error (exit code 2): the data a setting names is
+    not there (no such folder, no files of the expected layout), or does not fit the model (another class or
+    channel count). Files that are there but cannot be read stay DataErrors (exit code 1)."""
+
+
+class CheckpointSettingError(ConfigError, CheckpointError):
+    """A CheckpointError that a setting fixes (exit code 2): the path a setting names is no file. A file that
+    is there but truncated or foreign stays a CheckpointError (exit code 1)."""
+
+
 def check(condition: bool, setting: str, value, accepted: str) -> None:
     """Raise ConfigError("<setting>=<value> is invalid: expected <accepted>") unless condition holds."""
     if not condition:

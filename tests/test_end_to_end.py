@@ -79,7 +79,7 @@ def test_certify_resumes_to_identical_rows(trained_digits, tmp_path):
 
 
 @pytest.mark.parametrize("overrides,code,words", [
-    (["ckpt_path=/nonexistent/last.ckpt"], 1, "does not exist"),
+    (["ckpt_path=/nonexistent/last.ckpt"], 2, "does not exist"),  # a setting that names no file
     (["certify.n=0"], 2, "certify.n"),
     (["certify.alpha=1.5"], 2, "certify.alpha"),
     (["sigma_search.sigma=-0.5"], 2, "sigma"),

@@ -617,7 +617,7 @@ def test_certify_script_with_selector(trained_digits, tmp_path):
     result = run_script("certify.py", f"ckpt_path={ckpt}", "sigma_search=selector",
                         f"sigma_search.ckpt_path={tmp_path / 'missing.pt'}", "certify=fast", "certify.max=1",
                         "logger=none", f"hydra.run.dir={tmp_path / 'bad'}", check=False)
-    assert result.returncode == 1 and "does not exist" in result.stderr
+    assert result.returncode == 2 and "does not exist" in result.stderr  # a setting that names no file
 
 
 def test_unreached_inputs_and_level_balance():
