@@ -73,6 +73,7 @@ def test_sigterm_stops_certification_and_the_rerun_resumes(trained_digits, tmp_p
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1 and "stopped by SIGTERM" in stderr and "rerun" in stderr
+    assert "stopped by SIGTERM" in (out / "certify.log").read_text()  # the log keeps what the console said
     done = len(analysis.read_certification(tsv))
     assert 1 <= done < 60
     run_script("certify.py", *args)
