@@ -561,8 +561,8 @@ def certified_accuracy_figure(curves: dict[str, tuple[list[float], list[float]]]
     ``memory``: solid lines, bands in the line's colour) and the rest (``instance``, or the labels-using
     headroom: dotted lines, grey bands, listed under "not certificates"), and when any curve is not a
     certificate the title and the y axis say so instead of calling the figure certified accuracy. A label
-    without a guarantee counts as a certificate. Labels in ``dashed`` (the envelope, the headroom) are black
-    and dashed. ``bands`` ({label: (lows, highs)} on the curve's radii) are shaded under the curves."""
+    without a guarantee counts as a certificate. Labels in ``dashed`` (the envelope, the headroom) are dashed,
+    black among the certificates and grey among the rest. ``bands`` ({label: (lows, highs)} on the curve's radii) are shaded under the curves."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -584,8 +584,8 @@ def certified_accuracy_figure(curves: dict[str, tuple[list[float], list[float]]]
             names.append(heading)
         for label in labels:
             radii, acc = curves[label][0], curves[label][1]
-            if label in dashed:
-                style = {"linestyle": "--", "color": "black", "linewidth": 1.2}
+            if label in dashed:  # the envelope black, the labels-using headroom grey
+                style = {"linestyle": "--", "color": "0.45" if label in uncertified else "black", "linewidth": 1.2}
             elif label in uncertified:
                 style = {"linestyle": ":", "linewidth": 1.8}
             else:
@@ -910,7 +910,7 @@ def comparison_markdown(table: pd.DataFrame, radii: Sequence[float]) -> str:
 
 # ------------------------------------------------------------------------------------- paired differences
 
-PAIRING_SHARE = 0.5  # rows pair on their common inputs when these are at least this share of each row's inputs
+PAIRING_SHARE = 0.5  # rows pair on their common inputs when these are at least this share of the smaller row's
 
 
 def difference_columns(radii: Sequence[float]) -> list[str]:
@@ -925,14 +925,14 @@ def difference_record(row: pd.DataFrame, reference: Sequence[pd.DataFrame], radi
     ``row``'s acc@r and ACR minus the reference's, where the reference is one frame, or several whose maximum
     (an envelope) is the reference. Paired (``intervals.envelope_difference``, the maximum recomputed in every
     resample) on the inputs the row and every reference frame certified, when these are at least PAIRING_SHARE
-    of each one's inputs; otherwise unpaired, each side over its own inputs (the reference frames over theirs,
+    of the smallest one's inputs (a run on a subset of another's inputs pairs on that subset); otherwise unpaired, each side over its own inputs (the reference frames over theirs,
     together). Returns {reference, pairing (in words), paired_inputs (None when unpaired), d_acr, d_acr_lo,
     d_acr_hi, d_acc@r, d_acc@r_lo, d_acc@r_hi ...}."""
     mine = per_input_matrix(row, radii)
     theirs = [per_input_matrix(frame, radii) for frame in reference]
     common, aligned = _common([mine, *theirs])
     sizes = [len(mine[0]), *(len(idx) for idx, _ in theirs)]
-    paired = len(common) > 0 and all(len(common) >= PAIRING_SHARE * size for size in sizes)
+    paired = len(common) > 0 and len(common) >= PAIRING_SHARE * min(sizes)
     if paired:
         difference, lo, hi = intervals.envelope_difference(aligned[0], aligned[1:], confidence)
         pairing = (f"paired, {len(common)} inputs" if all(size == len(common) for size in sizes) else

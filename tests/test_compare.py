@@ -336,6 +336,9 @@ def test_wandb_logs_one_line_plot_with_a_series_per_run(three_sigmas, tmp_path, 
     wait_complete(run_file)  # W&B's service may still be writing it
     data = run_file.read_bytes()
     assert b"compare/curve" in data and b"wandb/lineseries" in data and b"compare/table" in data
+    (table_file,) = run_file.parent.glob("files/media/table/compare/table_*.table.json")
+    columns = json.loads(table_file.read_text())["columns"]  # the table carries the intervals and differences
+    assert {"acr_lo", "acr_hi", "acc@0.5_lo", "acc@0.5_hi", "d_acr", "d_acr_lo", "pairing"} <= set(columns)
     (curve_file,) = run_file.parent.glob("files/media/table/compare/curve_table*.table.json")
     curve = json.loads(curve_file.read_text())
     assert curve["columns"] == ["step", "lineKey", "lineVal"]
@@ -592,7 +595,8 @@ def test_reference_row_pairing_and_unpaired_rows(tmp_path, capsys):
     b = hand_tsv(tmp_path / "b.tsv", {i: 0.5 for i in range(8)})
     overlap = hand_tsv(tmp_path / "overlap.tsv", {i: 0.5 for i in range(4, 14)}, inputs=range(4, 24))
     other = hand_tsv(tmp_path / "other.tsv", {i: 0.5 for i in range(100, 105)}, inputs=range(100, 110))
-    assert main([str(a), str(b), str(overlap), str(other), "--reference", "b", "--radii", "0,0.25"]) == 0
+    subset = hand_tsv(tmp_path / "subset.tsv", {i: 0.5 for i in range(5)}, inputs=range(10))  # an interrupted run
+    assert main([str(a), str(b), str(overlap), str(other), str(subset), "--reference", "b", "--radii", "0,0.25"]) == 0
     printed = capsys.readouterr().out
     assert "Differences from b (sound)" in printed
     rows = {line.split(" | ")[0][2:]: line for line in printed.splitlines() if " | sound | " in line and "paired" in line}
@@ -600,6 +604,7 @@ def test_reference_row_pairing_and_unpaired_rows(tmp_path, capsys):
     assert "| paired, 20 inputs | **+0.100 [" in rows["a"] and rows["a"].split(" | ")[-1].startswith("**+0.200 [")
     assert "paired on the 16 common inputs (of 20, 20)" in rows["overlap"]
     assert "unpaired: different inputs (10 vs 20)" in rows["other"]
+    assert "paired on the 10 common inputs (of 10, 20)" in rows["subset"]
     result = compare([a, b, other], radii=(0.0,))
     assert result.reference == "a (sound)"  # by default the first row
     row = result.table.set_index("run").loc["other"]
@@ -661,3 +666,17 @@ def test_compare_takes_a_predict_folder(tmp_path, capsys):
     csv = pd.read_csv(out / "compare.csv")
     assert list(csv["mode"]) == ["predict"] and csv["accuracy"][0] == 0.75
     assert not (out / "compare.png").exists()  # no radius, no curve
+
+
+def test_wandb_interval_scalars_sit_beside_the_numbers():
+    from insta_rs.tracking import interval_scalars
+
+    summary = analysis.summarize(pd.DataFrame(
+        {"idx": range(4), "label": 1, "predict": [1, 1, -1, 2], "radius": [0.3, 0.6, 0.0, 0.2],
+         "correct": [1, 1, 0, 0], "guarantee": "sound"}), (0.0, 0.5))
+    scalars = interval_scalars(summary, "cert")
+    assert scalars["cert/acc@0.5_lo"] == summary["intervals"]["certified_accuracy"][0.5][0]
+    assert scalars["cert/acc@0_hi"] == summary["intervals"]["certified_accuracy"][0.0][1]
+    assert [scalars["cert/acr_lo"], scalars["cert/acr_hi"]] == summary["intervals"]["acr"]
+    assert {"cert/clean_accuracy_lo", "cert/abstain_rate_hi"} <= set(scalars)
+    assert interval_scalars({"intervals": None}, "cert") == {}
