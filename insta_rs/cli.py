@@ -207,13 +207,13 @@ def _hydra_message(text: str) -> str:
 
 _ENTRY: dict = {}      # what run_hydra was given: prepare (the entry point's checks) and hints
 _PREPARED: dict = {}   # a single run's prepared objects, from the check to the task function (``prepared``)
-_QUIET: dict = {}      # "on": warnings are not printed (while the jobs of a sweep are checked)
+_SWEEP_CHECK: dict = {}  # while the jobs of a sweep are checked: "shared", what their checks share (sweep_shared)
 
 
 def warn(text: str) -> None:
     """A warning on stderr (a setting that works but is likely a mistake), once per run: not on DDP child
     ranks, nor while a sweep's jobs are checked (each job warns when it runs)."""
-    if not _QUIET.get("on") and os.environ.get("LOCAL_RANK") in (None, "0"):
+    if "shared" not in _SWEEP_CHECK and os.environ.get("LOCAL_RANK") in (None, "0"):
         print(f"warning: {text}", file=sys.stderr)
 
 
@@ -296,7 +296,8 @@ def check_jobs(config, jobs: list) -> None:
     from hydra.core.global_hydra import GlobalHydra
 
     swept = _swept_keys(jobs)
-    _QUIET["on"] = jobs != [None]
+    if jobs != [None]:
+        _SWEEP_CHECK["shared"] = {}
     try:
         for number, overrides in enumerate(jobs):
             where = ""
@@ -317,7 +318,18 @@ def check_jobs(config, jobs: list) -> None:
             if overrides is None:
                 _PREPARED.update(key=_task_key(task_config(job)), value=value)
     finally:
-        _QUIET.clear()
+        _SWEEP_CHECK.clear()
+
+
+def sweep_shared(key, build):
+    """``build()``, made once for all the jobs of a sweep while their settings are checked (a data set, a
+    checkpoint with its data, the same in several jobs): the checks keep nothing, so they may share it."""
+    shared = _SWEEP_CHECK.get("shared")
+    if shared is None:
+        return build()
+    if key not in shared:
+        shared[key] = build()
+    return shared[key]
 
 
 def _swept_keys(jobs: list) -> set[str]:
@@ -924,6 +936,13 @@ def trained_run(ckpt_path, dataset: dict | None):
     """``checkpoints.load_run``: the run of ``ckpt_path`` with the data source the ``dataset`` config builds, or
     with the one the checkpoint recorded when ``dataset`` is None. The errors of building that source and of
     checking it against the model name their ``dataset.*`` key."""
+    import json
+
+    return sweep_shared(("trained_run", str(ckpt_path), json.dumps(dataset, sort_keys=True, default=str)),
+                        lambda: _trained_run(ckpt_path, dataset))
+
+
+def _trained_run(ckpt_path, dataset: dict | None):
     from hydra.utils import instantiate
 
     from .checkpoints import load_run, read_checkpoint

@@ -1,8 +1,10 @@
-"""A real certify.py process killed with SIGKILL mid-run, then rerun, writes the rows of an uninterrupted run."""
+"""A real certify.py process killed with SIGKILL mid-run, then rerun, writes the rows of an uninterrupted run; a
+resume with other settings is refused naming both values; a resumed training runs without Lightning's warning."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,3 +81,42 @@ def test_sigterm_stops_certification_and_the_rerun_resumes(trained_digits, tmp_p
     run_script("certify.py", *args)
     rows = analysis.read_certification(tsv)
     assert len(rows) == 60 and rows["idx"].is_unique
+
+
+def test_a_resume_with_other_settings_names_both_values(tmp_path):
+    """The refusal of a resume names the first setting that differs with the value the rows were made with and
+    the value this command asks for (both the file's writer and the sharded runs' check); the entry point adds
+    the config group to the key."""
+    from insta_rs.certification_file import CertificationLog, check_settings_file
+    from insta_rs.cli import with_group
+    from insta_rs.errors import ConfigError
+
+    tsv = tmp_path / "certify.tsv"
+    made, asked = {"n": 20000, "alpha": 0.001, "split": "test"}, {"n": 10000, "alpha": 0.001, "split": "test"}
+    with CertificationLog(tsv, made):
+        pass
+    expected = (f"n=10000: the rows in {tsv} were made with n=20000; rerun with n=20000 to resume, or choose "
+                f"another hydra.run.dir")
+    for refuse in (lambda: CertificationLog(tsv, asked), lambda: check_settings_file(tsv, asked)):
+        with pytest.raises(ConfigError) as error:
+            refuse()
+        assert str(error.value) == expected
+    grouped = str(with_group(error.value, asked, "certify"))
+    assert grouped.startswith("certify.n=10000: the rows in ")
+    assert "made with certify.n=20000; rerun with certify.n=20000" in grouped
+    with pytest.raises(ConfigError, match=r"^split=val: .* made with split=test; rerun with split=test"):
+        check_settings_file(tsv, {**made, "split": "val"})
+    with pytest.raises(ConfigError, match=r"^mode=predict: .* made without mode; rerun without mode"):
+        check_settings_file(tsv, {**made, "mode": "predict"})
+
+
+def test_a_resumed_training_does_not_warn_that_its_checkpoint_folder_exists(trained_digits, tmp_path):
+    """Resuming writes into the run's own checkpoints/ on purpose: Lightning's 'Checkpoint directory ... exists
+    and is not empty' warning is not shown (warnings on, as a user sees them)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_digits, run_dir)
+    result = run_script("train.py", f"hydra.run.dir={run_dir}", "ckpt_path=last", "train.epochs=3", "train.sigma=0.25",
+                        "train.lr=0.05", "trainer.enable_progress_bar=false", "logger=none", "print_config=false",
+                        env={"PYTHONWARNINGS": None})
+    console = result.stdout + result.stderr
+    assert "Restored all states" in console and "exists and is not empty" not in console
