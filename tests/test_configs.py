@@ -122,3 +122,32 @@ def test_bad_override_is_refused_by_the_schema(compose):
     for override in ("certify.n=abc", "certify.unknown_key=1"):
         with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError)):
             compose("certify", ["ckpt_path=x.ckpt", override])
+
+
+def test_every_target_takes_the_keys_its_config_gives_it():
+    """A key that an object's ``_target_`` does not take is refused in one line (``cli.build_group``, and the
+    check of ``+key=value``): no shipped config may give one, in any group, experiment or Hydra node."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    from insta_rs.cli import accepted_keys
+
+    def nodes(node, where):
+        if isinstance(node, DictConfig):
+            yield where, node
+            for key in node.keys():
+                yield from nodes(node._get_node(key), f"{where}.{key}")
+        elif isinstance(node, ListConfig):
+            for i in range(len(node)):
+                yield from nodes(node._get_node(i), f"{where}[{i}]")
+
+    checked, refused = 0, []
+    for path in sorted(CONF.rglob("*.yaml")):
+        for where, node in nodes(OmegaConf.load(path), str(path.relative_to(CONF))):
+            if "_target_" not in node or OmegaConf.is_interpolation(node, "_target_"):
+                continue
+            accepted = accepted_keys(str(node["_target_"]))
+            given = {str(k) for k in node.keys() if not str(k).startswith("_") and str(k) != "defaults"}
+            checked += 1
+            if accepted is not None and not given <= accepted:
+                refused.append(f"{where}: {sorted(given - accepted)} not taken by {node['_target_']}")
+    assert checked >= 20 and refused == [], refused
