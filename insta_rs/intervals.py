@@ -110,7 +110,9 @@ def envelope_difference(row, members, confidence: float = CONFIDENCE, resamples:
         row_means, member_means = means[:, :ours.shape[1]], means[:, ours.shape[1]:]
     else:
         row_means, member_means = bootstrap_means(ours, resamples, seed), bootstrap_means(theirs, resamples, seed + 1)
-    replicates = row_means - member_means.reshape(resamples, count, -1).max(axis=1)
+    # rounded to 12 decimals: equal rows give exactly 0, not the +-1e-17 of summing them in another order
+    replicates = np.round(row_means - member_means.reshape(resamples, count, -1).max(axis=1), 12)
+    difference = np.round(difference, 12)
     lo, hi = percentile_interval(replicates, confidence)
     shape = row.shape[1:]
     return _shaped(difference, shape), _shaped(lo, shape), _shaped(hi, shape)
