@@ -66,6 +66,11 @@ def become(request: dict) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     sys.argv = list(request["argv"])
+    # W&B made its media folder (tables, charts) once, at import, in the server; the first child to exit removed
+    # it (its finalizer runs at each child's exit): make it again, as a fresh interpreter would have it
+    media = getattr(sys.modules.get("wandb.sdk.data_types._private"), "MEDIA_TMP", None)
+    if media is not None:
+        os.makedirs(media.name, exist_ok=True)
 
 
 def main() -> None:
