@@ -18,8 +18,10 @@ SHELL  := /bin/bash
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# the venv's own pip (23.2 with Python 3.11) installs the editable package; upgrading it first costs time only
+# an editable install from pyproject.toml needs pip >= 21.3 (Python 3.10.0-3.10.2 ship an older one); a newer pip
+# is only fetched then (`--upgrade pip` would fetch the latest on every fresh install)
 $(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet 'pip>=21.3'
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
