@@ -363,8 +363,8 @@ def add_envelope(table: pd.DataFrame, runs: Sequence[tuple[str, pd.DataFrame]], 
     note = (f"{analysis.ENVELOPE_LABEL}: at each radius the best certified accuracy among the {len(runs)} sound "
             f"fixed-sigma rows ({'; '.join(label for label, _ in runs)}); from: "
             + ", ".join(f"r={r:g} {label}" for r, label in sources.items())
-            + ". A maximum over rows is biased upward on a fixed sample: its interval, and every difference from "
-              "it, recompute the maximum in each bootstrap resample.")
+            + ". A maximum over rows is biased upward on a fixed sample: every difference from it recomputes the "
+              "maximum in each bootstrap resample; its own interval is the Bonferroni union of its rows' exact ones.")
     return table, note
 
 
