@@ -506,7 +506,7 @@ def test_selector_for_another_checkpoint_is_refused(tmp_path):
 
 
 def _train_module():
-    """train.py as a module (its ``train_selector``), imported from the project root."""
+    """train.py as a module (its ``prepare_selector``), imported from the project root."""
     sys.path.insert(0, str(ROOT))
     try:
         import train
@@ -536,8 +536,8 @@ def test_fit_selector_errors(base_run, tmp_path, compose):
     ckpt, _ = base_run
     cfg = compose("train", ["train=selector", f"base_ckpt={tmp_path / 'nope.ckpt'}", "logger=none"])
     with pytest.raises(CheckpointError, match=r"base_ckpt=.*does not exist") as err:
-        _train_module().train_selector(cfg, tmp_path / "out")
-    assert "\n" not in str(err.value) and not (tmp_path / "out").exists()  # refused before anything is written
+        _train_module().prepare_selector(cfg)  # train.py's checks, before the run folder exists
+    assert "\n" not in str(err.value) and err.value.exit_code == 2  # a setting that names no file
     lonely = tmp_path / "run" / "checkpoints"
     lonely.mkdir(parents=True)
     shutil.copy(ckpt, lonely / "last.ckpt")
