@@ -40,7 +40,7 @@ def run_directory() -> Path:
     return run_dir
 
 
-HINTS = {"sigma": "the training noise is train.sigma (one sigma or a list); train=insta_rs starts at train.sigma0"}
+HINTS = {"sigma": "the training noise is train.sigma, one sigma or a list; train=insta_rs starts at train.sigma0"}
 """What ``+KEY=VALUE`` for a key that no config group defines adds to its one-line refusal."""
 
 
