@@ -82,6 +82,30 @@ def estimate_p_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     return (predictions == y.view(rows, 1, 1)).float().mean(dim=2)
 
 
+def init_levels(sigma_min: float, sigma_max: float, count: int) -> torch.Tensor:
+    """``count`` sigmas spaced evenly in log-sigma from sigma_min to sigma_max (float32)."""
+    return torch.exp(torch.linspace(np.log(sigma_min), np.log(sigma_max), count)).float()
+
+
+@torch.no_grad()
+def search_initial_sigmas(model: torch.nn.Module, batches, levels: torch.Tensor, draws: int) -> tuple[torch.Tensor,
+                                                                                                     torch.Tensor]:
+    """The table's start for ``train.init=search``: for every (x, y, idx) batch, phat_y at each level with
+    ``draws`` draws (``estimate_p_correct``, model in eval mode), and per example the level of largest
+    Rhat_y = s * PhiInv(clamp(phat_y, 1/(2 draws), 1 - 1/(2 draws))), the smaller level on a tie (an example
+    wrong at every level gets the smallest). Returns (idx, sigma) over all batches."""
+    was_training = model.training
+    model.eval()
+    chosen_idx, chosen = [], []
+    for x, y, idx in batches:
+        candidates = levels.to(x.device).expand(x.shape[0], len(levels))
+        scores = estimated_radius(candidates, estimate_p_correct(model, x, y, candidates, draws), draws)
+        chosen.append(candidates[torch.arange(x.shape[0]), scores.argmax(dim=1)])  # argmax: the first maximum
+        chosen_idx.append(idx.to(x.device))
+    model.train(was_training)
+    return torch.cat(chosen_idx), torch.cat(chosen)
+
+
 def first_occurrence(indices: torch.Tensor) -> torch.Tensor:
     """A boolean mask keeping the first occurrence of each index (the lowest rank's, when the gathered
     batches are stacked rank after rank), so duplicated indices get one deterministic value."""
@@ -117,6 +141,7 @@ class SigmaTable:
         self.eta, self.sigma_min, self.sigma_max = eta, sigma_min, sigma_max
         self.m_update, self.update_every = m_update, update_every
         self.visits = 0
+        self.initialised = False  # True once search_initial_sigmas has set the table (train.init=search)
 
     def __len__(self) -> int:
         return len(self.sigma)
@@ -181,7 +206,7 @@ class SigmaTable:
     def state_dict(self) -> dict:
         """The checkpoint's entries (under ``checkpoint["insta_rs"]``): the three tensors and ``visits``."""
         state = {key: getattr(self, name).detach().cpu().clone() for name, key in self.STATE_KEYS.items()}
-        return {**state, "visits": self.visits}
+        return {**state, "visits": self.visits, "initialised": self.initialised}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict()``; ValueError when it holds no table of this length."""
@@ -190,6 +215,14 @@ class SigmaTable:
         for name, key in self.STATE_KEYS.items():
             setattr(self, name, state[key].clone())
         self.visits = int(state.get("visits", 0))
+        self.initialised = bool(state.get("initialised", False))
+
+    def initialise(self, idx: torch.Tensor, sigma: torch.Tensor) -> None:
+        """Set the sigmas of ``idx`` (the initial search, ``search_initial_sigmas``) and mark the table
+        initialised, so a resumed run does not search again."""
+        self.to(sigma.device)
+        self.sigma[idx] = sigma.to(self.sigma.dtype)
+        self.initialised = True
 
     def statistics(self) -> dict[str, float]:
         """Quantiles, mean and the fractions of sigmas at either bound (within 1e-6 relative)."""

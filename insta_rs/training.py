@@ -44,6 +44,7 @@ from .smoothing import Smooth, check_certify_settings, noise_sigma, row_generato
 
 LR_SCHEDULES = ("step", "cosine", "constant")
 UPDATE_RULES = ("search", "probe")
+INITS = ("sigma0", "search")
 
 
 def _is_int(value) -> bool:
@@ -124,8 +125,11 @@ class InstaRSSettings(TrainSettings):
       below 1/2 (``ProbeSigmaTable``). m_update and update_every do not apply.
 
     stage1_sigma: stage 1's noise, ``sigma0``, ``log_uniform`` (a sigma per row and step, log-uniform over
-    [sigma_min, sigma_max]) or a list of levels (one drawn per row and step). sigma (validation's, and
-    certify.py's default fixed sigma) must equal sigma0; None means sigma0."""
+    [sigma_min, sigma_max]) or a list of levels (one drawn per row and step). init: the table's start,
+    ``sigma0`` for every example, or ``search``: at the start of stage 2, per training example the best of
+    ``init_levels`` sigmas spaced evenly in log-sigma over [sigma_min, sigma_max] by Rhat_y with
+    ``init_draws`` draws each (``search_initial_sigmas``; init_levels x init_draws forwards per example,
+    once). sigma (validation's, and certify.py's default fixed sigma) must equal sigma0; None means sigma0."""
 
     sigma: Any = None
     stage1_epochs: int = 10
@@ -139,6 +143,9 @@ class InstaRSSettings(TrainSettings):
     probe_signal: str = "prob"
     probe_memory: int = 8
     stage1_sigma: Any = "sigma0"
+    init: str = "sigma0"
+    init_levels: int = 5
+    init_draws: int = 4
 
     def __post_init__(self) -> None:
         self.sigma = self.sigma0 if self.sigma is None else self.sigma
@@ -170,6 +177,9 @@ class InstaRSSettings(TrainSettings):
         check(self.stage1_sigma in ("sigma0", "log_uniform") or levels is not None and len(levels) >= 1 and all(
               isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf for v in levels),
               "stage1_sigma", self.stage1_sigma, "sigma0, log_uniform or a non-empty list of sigmas >= 0")
+        check(self.init in INITS, "init", self.init, f"one of {', '.join(INITS)}")
+        check(_is_int(self.init_levels) and self.init_levels >= 2, "init_levels", self.init_levels, "an integer >= 2")
+        check(_is_int(self.init_draws) and self.init_draws >= 1, "init_draws", self.init_draws, "an integer >= 1")
 
     def stage1_levels(self, rows: int, device) -> torch.Tensor | None:
         """Stage 1's per-row sigmas (float32), or None for sigma0 (drawn like train=gaussian's one sigma)."""
@@ -310,6 +320,28 @@ class SmoothingClassifier(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._epoch_started = time.perf_counter()
+        table = self.sigma_table
+        if table is not None and self.phase == "instance" and self.settings.init == "search" and not table.initialised:
+            # inside the epoch's time: the first stage-2 epoch pays for it
+            self.initialise_table(self.trainer.datamodule.dataset("train"))
+
+    def initialise_table(self, dataset) -> None:
+        """train.init=search: set the whole table from ``search_initial_sigmas`` over ``dataset`` (the train
+        split without augmentation, in batches of train.batch_size); under DDP every rank computes it and
+        takes rank 0's (its draws are rank 0's), so the tables stay identical."""
+        from torch.utils.data import DataLoader
+
+        from .sigma_table import init_levels, search_initial_sigmas
+
+        s = self.settings
+        device = self.device
+        batches = ((x.to(device), y.to(device), idx.to(device))
+                   for x, y, idx in DataLoader(dataset, batch_size=s.batch_size, shuffle=False))
+        idx, sigma = search_initial_sigmas(self.model, batches, init_levels(s.sigma_min, s.sigma_max, s.init_levels),
+                                           s.init_draws)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            sigma = self.trainer.strategy.broadcast(sigma, src=0)
+        self.sigma_table.initialise(idx, sigma)
 
     def on_train_epoch_end(self) -> None:
         # wall seconds of the epoch's training loop (validation excluded): stage 2's cost against stage 1's;

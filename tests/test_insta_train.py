@@ -55,6 +55,9 @@ def test_phase_switches_at_stage1_epochs():
     ({"stage1_sigma": "uniform"}, "stage1_sigma"),
     ({"stage1_sigma": []}, "stage1_sigma"),
     ({"stage1_sigma": [0.25, -1.0]}, "stage1_sigma"),
+    ({"init": "grid"}, "init"),
+    ({"init_levels": 1}, "init_levels"),
+    ({"init_draws": 0}, "init_draws"),
 ])
 def test_bad_settings_are_one_line_config_errors_naming_the_setting(change, setting):
     with pytest.raises(ConfigError, match="^" + re.escape(setting) + "=") as error:  # the field; train.py adds the group
@@ -332,6 +335,29 @@ def test_probe_rule_moves_each_cluster_toward_its_best_sigma_deterministically()
     for a, b in zip(tables, train_toy_table(6)):  # the same seed, the same tables
         assert torch.equal(a, b)
     assert not torch.equal(tables[5], train_toy_table(6, seed=1)[-1])
+
+
+def test_initial_search_sets_each_cluster_near_its_best_level():
+    """train.init=search on the two slabs: 5 levels from 0.05 to 1.0 in log-sigma, 16 draws each; the closed form
+    picks 1.0 for the wide slab and 0.106 for the narrow one (0.05 a close second); the table is marked
+    initialised, and that survives a checkpoint round trip."""
+    settings = InstaRSSettings(**{**SETTINGS, "update_rule": "probe", "init": "search", "init_draws": 16})
+    module = SmoothingClassifier(Slabs(), 2, settings, num_train=40)
+    levels = rules.init_levels(0.05, 1.0, 5).numpy()
+    np.testing.assert_allclose(levels, np.exp(np.linspace(np.log(0.05), 0.0, 5)), rtol=1e-6)
+    x = torch.zeros(40, 1, 2, 2)
+    x[20:, 0, 0, 1] = 100.0
+    torch.manual_seed(0)
+    module.initialise_table([(x[i], 1, i) for i in range(40)])
+    table = module.sigma_table
+    score = [levels * norm.ppf(np.clip(2 * norm.cdf(w / levels) - 1, 1 / 32, 31 / 32)) for w in WIDTHS]
+    assert levels[score[0].argmax()] == pytest.approx(1.0) and levels[score[1].argmax()] == pytest.approx(levels[1])
+    assert table.sigma[:20].median() == pytest.approx(1.0) and table.sigma[:20].min() >= levels[3] - 1e-6
+    assert torch.all(table.sigma[20:] <= levels[1] + 1e-6)
+    assert table.initialised and torch.all(table.probe_count == 0) and table.visits == 0
+    again = settings.sigma_table(40)
+    again.load_state_dict(table.state_dict())
+    assert again.initialised and torch.equal(again.sigma, table.sigma)
 
 
 class CountingRows(torch.nn.Module):
