@@ -132,6 +132,7 @@ class SigmaTable:
     """
 
     STATE_KEYS = {"sigma": "sigma_table", "label": "label_table", "difficulty": "difficulty"}
+    DIFFICULTY = "stage-1 model's accuracy under noise at sigma0"  # what ``difficulty`` holds, for the figure
 
     def __init__(self, size: int, sigma0: float, eta: float, sigma_min: float, sigma_max: float, m_update: int,
                  update_every: int = 1):
@@ -283,6 +284,7 @@ class ProbeSigmaTable(SigmaTable):
 
     STATE_KEYS = {**SigmaTable.STATE_KEYS, "probe_mean": "probe_mean", "probe_count": "probe_count",
                   "probe_side": "probe_side"}
+    DIFFICULTY = "stage-1 model's signal at sigma0 e^(+-eta), first visit (one draw)"
 
     def __init__(self, size: int, sigma0: float, eta: float, sigma_min: float, sigma_max: float, memory: int,
                  signal: str = "prob"):
@@ -371,7 +373,8 @@ class SigmaTableMonitor(pl.Callback):
         torch.save(exported, buffer)
         write_atomic(self.run_dir / TRAIN_SIGMA_FILE, buffer.getvalue())
         plot_sigma_table(exported["sigma"].numpy(), exported["difficulty"].numpy(), self.run_dir / "sigma_hist_train.png",
-                         train_plot_title(len(exported["idx"]), len(pl_module.sigma_table), trainer.current_epoch))
+                         train_plot_title(len(exported["idx"]), len(pl_module.sigma_table), trainer.current_epoch),
+                         pl_module.sigma_table.DIFFICULTY)
 
 
 def train_plot_title(visited: int, size: int, epochs: int) -> str:
@@ -391,9 +394,11 @@ def log_histogram(loggers, values: np.ndarray, epoch: int) -> None:
             logger.experiment.add_histogram("sigma_table/hist", values, global_step=epoch)
 
 
-def plot_sigma_table(sigmas, difficulty, path: str | Path, title: str) -> None:
+def plot_sigma_table(sigmas, difficulty, path: str | Path, title: str,
+                     difficulty_label: str = SigmaTable.DIFFICULTY) -> None:
     """sigma_hist_train.png: the table's histogram, and each example's sigma against its difficulty
-    signal (the stage-1 model's accuracy under noise at sigma0 on that example; NaN where unknown)."""
+    signal (``difficulty_label``: for the search rule the stage-1 model's accuracy under noise at sigma0 on
+    that example; NaN where unknown)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -411,7 +416,7 @@ def plot_sigma_table(sigmas, difficulty, path: str | Path, title: str) -> None:
     known = np.isfinite(difficulty)
     jitter = np.random.default_rng(0).uniform(-0.015, 0.015, known.sum())
     right.scatter(difficulty[known] + jitter, sigmas[known], s=4, alpha=0.4)
-    right.set_xlabel("stage-1 model's accuracy under noise at sigma0")
+    right.set_xlabel(difficulty_label)
     right.set_ylabel("sigma")
     right.set_title("sigma vs difficulty")
     fig.suptitle(title)
