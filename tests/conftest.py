@@ -46,6 +46,7 @@ def compose():
     GlobalHydra.instance().clear()
 
 
+_PYTEST_ENVIRONMENT = dict(os.environ)  # before any test changes it
 SCRIPT_ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore",
               "OMP_NUM_THREADS": "1"}
 
@@ -66,8 +67,9 @@ class ScriptServer:
 
     @staticmethod
     def environment() -> dict:
-        """The server's environment: pytest's, with the settings of every script run (SCRIPT_ENV)."""
-        env = {**os.environ, **SCRIPT_ENV}
+        """The server's environment: pytest's as it started (not as a test's monkeypatch left it), with the
+        settings of every script run (SCRIPT_ENV)."""
+        env = {**_PYTEST_ENVIRONMENT, **SCRIPT_ENV}
         env.pop("INSTA_RS_RUN_DIR", None)
         return env
 

@@ -18,7 +18,7 @@ import os
 import sys
 
 PRELOAD = ("torch", "torchvision", "torchmetrics", "pytorch_lightning", "hydra", "omegaconf", "pandas", "numpy",
-           "scipy.stats", "scipy.signal", "matplotlib", "matplotlib.pyplot", "PIL.Image", "wandb",
+           "scipy.stats", "scipy.signal", "matplotlib", "matplotlib.pyplot", "PIL.Image",
            "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper")
 
 
