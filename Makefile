@@ -1,7 +1,7 @@
 # insta-rs. Set-up and everyday commands first, then the studies behind the numbers in README.md and docs/,
 # one commented block per study. `make demo` and `make test` are all a fresh machine needs.
 #   make install        .venv with the package and its test tools (`pip install -e '.[dev]'`)
-#   make demo           train and certify on the embedded digits data, print the comparison (about 3 minutes)
+#   make demo           train and certify on the embedded digits data, print the comparison
 #   make test           the test suite (test-quick: without the end-to-end runs)
 #   make check-gpu      every GPU path once, one line each (docs/gpu.md); refuses without CUDA
 #   make bench          the speed figures (bench-sequential: sequential against fixed sampling)
