@@ -334,6 +334,20 @@ def find_cifar(root: Path = ROOT) -> Path | None:
     return path if (path / "train").is_dir() and (path / "test").is_dir() else None
 
 
+def no_cuda() -> str | None:
+    """Why no CUDA device can be used, or None. On Linux an empty CUDA_VISIBLE_DEVICES or a missing NVIDIA
+    driver (/dev/nvidiactl) answers without importing torch; otherwise torch.cuda.is_available() decides."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return "no CUDA device is visible (CUDA_VISIBLE_DEVICES is empty)"
+    if sys.platform.startswith("linux") and not Path("/dev/nvidiactl").exists():
+        return "no CUDA device is visible (no NVIDIA driver: /dev/nvidiactl does not exist)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"no CUDA device is visible (torch {torch.__version__}, built for CUDA {torch.version.cuda})"
+    return None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m insta_rs.check_gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "check_gpu",
@@ -367,13 +381,13 @@ def main(argv: list[str] | None = None) -> int:
             for command in CHECKS[name].commands(ctx):
                 print("python " + " ".join(command))
         return 0
-    import torch
-
-    if not torch.cuda.is_available():
-        print(f"check-gpu: no CUDA device is visible (torch {torch.__version__}, built for CUDA "
-              f"{torch.version.cuda}): run it on a machine with an NVIDIA GPU, or --dry-run to list the commands",
+    refusal = no_cuda()
+    if refusal:
+        print(f"check-gpu: {refusal}: run it on a machine with an NVIDIA GPU, or --dry-run to list the commands",
               file=sys.stderr)
         return 2
+    import torch
+
     out = args.out.resolve()
     if out.exists():
         shutil.rmtree(out)

@@ -3,24 +3,21 @@ valid command of its entry point, it reports one line per path, and README.md li
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, run_script
 from insta_rs import check_gpu
 from insta_rs.check_gpu import CHECKS, PATHS, Context, Runner
 
 README_BLOCK = re.compile(r"<!-- check-gpu paths -->\n(.*?)\n<!-- /check-gpu paths -->", re.S)
 
 
-def test_without_cuda_it_refuses_in_one_line_with_exit_2():
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run([sys.executable, "-m", "insta_rs.check_gpu"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)
+def test_without_cuda_it_refuses_in_one_line_with_exit_2(tmp_path):
+    result = run_script("-m insta_rs.check_gpu", "--out", str(tmp_path / "out"), check=False,
+                        env={"CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2, result.stderr
+    assert not (tmp_path / "out").exists()
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no CUDA device" in lines[0] and "--dry-run" in lines[0], result.stderr
