@@ -952,13 +952,17 @@ def difference_record(row: pd.DataFrame, reference: Sequence[pd.DataFrame], radi
 
 
 def _difference_cell(value, lo, hi, decimals: int = 3) -> str:
-    """``**+0.050 [+0.012, +0.088]**`` when the interval excludes 0 (a difference), ``tie +0.028 [-0.010, +0.066]``
+    """``**+0.050 [+0.012, +0.088]**`` when the interval excludes 0 (a difference; shown with more places where three would touch 0), ``tie +0.028 [-0.010, +0.066]``
     otherwise; the interval rounded outward."""
     if _none_if_nan(value) is None or _none_if_nan(lo) is None or _none_if_nan(hi) is None:
         return "-"
     low, high = intervals.round_outward(float(lo), float(hi), decimals)
+    significant = bool(intervals.excludes_zero(lo, hi))
+    while significant and decimals < 6 and (low <= 0 <= high):  # more places until the shown interval excludes 0
+        decimals += 1
+        low, high = intervals.round_outward(float(lo), float(hi), decimals)
     text = f"{float(value):+.{decimals}f} [{low:+.{decimals}f}, {high:+.{decimals}f}]"
-    return f"**{text}**" if intervals.excludes_zero(lo, hi) else f"tie {text}"
+    return f"**{text}**" if significant else f"tie {text}"
 
 
 def difference_markdown(table: pd.DataFrame, radii: Sequence[float], reference_label: str) -> str:

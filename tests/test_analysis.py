@@ -501,3 +501,11 @@ def test_limited_by_counts_certified_rows_by_kind():
     table = analysis.comparison_table([("a", df), ("b", df.drop(columns="limited_by"))], (0.0,))
     markdown = analysis.comparison_markdown(table, (0.0,))
     assert "| upper 2, lower 1, selector 1 |" in markdown and markdown.splitlines()[3].endswith("| - |")
+
+
+def test_a_difference_whose_interval_excludes_zero_is_never_shown_touching_zero():
+    from insta_rs.analysis import _difference_cell
+    cell = _difference_cell(-0.0008, -0.0012, -0.0001)  # three places would show [-0.002, +0.000]
+    assert cell == "**-0.0008 [-0.0012, -0.0001]**"
+    assert _difference_cell(0.017, 0.0, 0.051) == "tie +0.017 [+0.000, +0.051]"
+    assert _difference_cell(0.02, 0.01, 0.03) == "**+0.020 [+0.010, +0.030]**"
