@@ -36,7 +36,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .certification_file import first_difference, write_atomic
 from .checkpoints import read_checkpoint
-from .errors import CheckpointError, ConfigError, check
+from .errors import CheckpointError, CheckpointSettingError, ConfigError, check
 from .losses import GaussianAugmentation
 from .certificates import clopper_pearson_lower, cohen_radius
 from .sigma_table import PROBE_SIGNALS, ProbeSigmaTable, SigmaTable, SigmaTableMonitor
@@ -559,12 +559,12 @@ def check_resumable(ckpt_path: str, config: dict, num_classes: int) -> None:
     training schedule or loss or class count (train.epochs may grow: that is how a run is extended)."""
     stored = read_checkpoint(ckpt_path)["insta_rs"]
     if int(stored["num_classes"]) != num_classes:
-        raise CheckpointError(f"ckpt_path={ckpt_path}: the checkpoint's model predicts {stored['num_classes']} classes, "
+        raise CheckpointSettingError(f"ckpt_path={ckpt_path}: the checkpoint's model predicts {stored['num_classes']} classes, "
                               f"this run's data set has {num_classes}: resume with the data set it was trained on")
     old, new = ({k: _without(c.get(k), k) for k in RESUME_MUST_MATCH} for c in (stored["config"], config))
     if old != new:
         key = first_difference(old, new)
-        raise CheckpointError(f"ckpt_path={ckpt_path}: the checkpoint was trained with {key}={_dotted(old, key)!r}, "
+        raise CheckpointSettingError(f"ckpt_path={ckpt_path}: the checkpoint was trained with {key}={_dotted(old, key)!r}, "
                               f"this run has {key}={_dotted(new, key)!r}; resume with the same settings or start a "
                               f"new run")
 

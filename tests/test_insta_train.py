@@ -563,8 +563,9 @@ def test_resume_check_allows_more_epochs_and_names_the_first_difference(runs):
     loss = {"_target_": "insta_rs.losses.MacerLoss"}
     with pytest.raises(CheckpointError, match=r"train\.loss\._target_=.*GaussianAugmentation.*MacerLoss"):
         check_resumable(ckpt, {**config, "train": {**config["train"], "loss": loss}}, 3)
-    with pytest.raises(CheckpointError, match="3 classes.*has 4"):
+    with pytest.raises(CheckpointError, match="3 classes.*has 4") as refused:
         check_resumable(ckpt, config, 4)
+    assert isinstance(refused.value, ConfigError)  # a setting fixes it: exit code 2, as certify.py's resume check
 
 
 def test_resume_from_another_model_is_refused_in_one_line(runs):
