@@ -11,7 +11,8 @@ from conftest import ROOT, run_script
 from insta_rs import analysis
 
 SHARED = ROOT.parent / "shared" / "data" / "cifar10-jpg-12k"
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="the shared CIFAR-10 JPEG subset is not beside the project")
+pytestmark = [pytest.mark.skipif(not SHARED.is_dir(), reason="the shared CIFAR-10 JPEG subset is not beside the project"),
+              pytest.mark.slow]
 
 
 def test_cifar_jpg_subset_end_to_end_with_experts_and_envelope(tmp_path):
