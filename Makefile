@@ -29,7 +29,8 @@ install: $(STAMP)
 
 # One small CNN trained across sigma {0.12, 0.25, 0.5, 1.0} on the embedded digits data (20 epochs), every 6th
 # test input (60 of 360) certified at n = 10,000, alpha = 0.001 with three rules on that same model: Cohen's
-# fixed sigma 0.25 (sound), the semi-elastic rule (sound) and the Insta-RS search (instance); one table,
+# fixed sigma 0.25 (sound), the semi-elastic rule (sound) and the Insta-RS search (instance, 64 draws per
+# evaluated sigma); one table,
 # one overlaid plot (outputs/demo/compare.png) and the search's per-input sigmas
 # (outputs/demo/certify/insta_rs/sigma_hist.png). tests/test_demo.py runs this recipe at tiny size.
 DEMO := outputs/demo
@@ -39,14 +40,16 @@ demo: install
 	$(PY) train.py experiment=demo logger=csv print_config=false hydra.run.dir=$(DEMO)/train
 	$(PY) certify.py $(DEMO_CERT) sigma_search=fixed sigma_search.sigma=0.25 hydra.run.dir=$(DEMO)/certify/fixed
 	$(PY) certify.py $(DEMO_CERT) sigma_search=semi_elastic sigma_search.sigma_b=0.25 hydra.run.dir=$(DEMO)/certify/semi_elastic
-	$(PY) certify.py $(DEMO_CERT) sigma_search=insta_rs hydra.run.dir=$(DEMO)/certify/insta_rs
+	$(PY) certify.py $(DEMO_CERT) sigma_search=insta_rs sigma_search.m=64 hydra.run.dir=$(DEMO)/certify/insta_rs
 	$(PY) -m insta_rs.compare $(DEMO)/certify/fixed $(DEMO)/certify/semi_elastic $(DEMO)/certify/insta_rs --out $(DEMO)
 
+# two workers (pytest-xdist): the suite's work is single-threaded, so they use both cores of a 2-core machine;
+# --dist loadscope keeps a module's trained runs in one worker
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadscope tests
 
 test-quick: install
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadscope -m "not slow" tests
 
 # Each GPU path through the real entry points at tiny size, one PASS / FAIL / SKIP line per path (docs/gpu.md).
 check-gpu: install
@@ -149,6 +152,36 @@ results-cifar-jpg-certify: install
 	$(PY) certify.py $(CERTC) ckpt_path=$(INSTA) sigma_search=insta_rs sigma_search.m=64 hydra.run.dir=$(RC)/certify/insta_rs_train/insta_rs
 	$(PY) certify.py -m $(CERTC) ckpt_path=$(ACROSS) sigma_search=grid,cascade '++sigma_search.levels=$(LEVELS)' hydra.sweep.dir=$(RC)/certify/across_sigmas/sound
 	$(PY) -m insta_rs.compare $(RC)/certify --dataset cifar10 --envelope --out $(RC)
+
+# ---- Study: Insta-RS Train's update rules, digits -----------------------------------------------------------
+# The probe rule (no forward pass of its own) with stage 1 at sigma0 and across sigmas (log-uniform), the search
+# rule at update_every 16, the model trained across sigmas and the Gaussian sigma-0.25 model (30 epochs each,
+# conf/experiment/digits_insta_rs.yaml / digits_results.yaml). Levers on the validation split (every 2nd of
+# 180 inputs, n = 2,000, the search at m = 64), then the val choice on the test split (every 2nd of 360 inputs)
+# with paired differences from the model trained across sigmas (the first row of each compare is the reference). docs/insta_rs_train.md reads both.
+#   make results-digits-insta-train-val     train the five models, certify them on val, compare
+#   make results-digits-insta-train         the val choice on the test split
+.PHONY: results-digits-insta-train-val results-digits-insta-train
+RI := outputs/insta_rs_train/digits
+CERTI := certify.n=2000 certify.batch_size=2000 certify.skip=2 certify.progress=false logger=none
+INSTA_CHOICE ?= probe_log_uniform
+results-digits-insta-train-val: install
+	$(PY) train.py experiment=digits_insta_rs train=insta_rs_probe hydra.run.dir=$(RI)/train/probe
+	$(PY) train.py experiment=digits_insta_rs train=insta_rs_probe train.stage1_sigma=log_uniform hydra.run.dir=$(RI)/train/probe_log_uniform
+	$(PY) train.py experiment=digits_insta_rs train.update_every=16 hydra.run.dir=$(RI)/train/search16
+	$(PY) train.py experiment=digits_results 'train.sigma=[0.12,0.25,0.5,1.0]' hydra.run.dir=$(RI)/train/across_sigmas
+	$(PY) train.py experiment=digits_results train.sigma=0.25 hydra.run.dir=$(RI)/train/gaussian_025
+	for run in probe probe_log_uniform search16 across_sigmas; do $(PY) certify.py $(CERTI) certify.split=val ckpt_path=$(RI)/train/$$run/checkpoints/last.ckpt sigma_search=insta_rs sigma_search.m=64 hydra.run.dir=$(RI)/val2/$${run}_insta_rs || exit 1; done
+	$(PY) certify.py $(CERTI) certify.split=val ckpt_path=$(RI)/train/probe/checkpoints/last.ckpt sigma_search=fixed hydra.run.dir=$(RI)/val2/probe_fixed
+	$(PY) certify.py $(CERTI) certify.split=val ckpt_path=$(RI)/train/gaussian_025/checkpoints/last.ckpt sigma_search=fixed hydra.run.dir=$(RI)/val2/gaussian_025_fixed
+	$(PY) -m insta_rs.compare $(RI)/val2 --radii 0,0.25,0.5,0.75,1.0 --envelope --out $(RI)/val2
+
+results-digits-insta-train: install
+	for run in $(INSTA_CHOICE) across_sigmas; do $(PY) certify.py $(CERTI) ckpt_path=$(RI)/train/$$run/checkpoints/last.ckpt sigma_search=insta_rs sigma_search.m=64 hydra.run.dir=$(RI)/test/$${run}_insta_rs || exit 1; done
+	$(PY) certify.py $(CERTI) ckpt_path=$(RI)/train/$(INSTA_CHOICE)/checkpoints/last.ckpt sigma_search=fixed hydra.run.dir=$(RI)/test/$(INSTA_CHOICE)_fixed
+	$(PY) certify.py $(CERTI) ckpt_path=$(RI)/train/gaussian_025/checkpoints/last.ckpt sigma_search=fixed hydra.run.dir=$(RI)/test/gaussian_025_fixed
+	$(PY) -m insta_rs.compare $(RI)/test/across_sigmas_insta_rs $(RI)/test/$(INSTA_CHOICE)_insta_rs --radii 0,0.25,0.5,0.75,1.0 --out $(RI)/test/search
+	$(PY) -m insta_rs.compare $(RI)/test/gaussian_025_fixed $(RI)/test/$(INSTA_CHOICE)_fixed --radii 0,0.25,0.5,0.75,1.0 --out $(RI)/test/fixed
 
 # ---- Study: sound rules with one expert per level, digits ----------------------------------------------------
 # Four Gaussian experts (sigma 0.12, 0.25, 0.5, 1.0; 30 epochs each). Levers are certified on the validation split
