@@ -801,7 +801,7 @@ ENVELOPE_LABEL = "envelope (best fixed sigma)"
 
 def fixed_sigma_envelope(runs: Sequence[tuple[str, pd.DataFrame]], radii: Sequence[float]
                          ) -> tuple[dict, dict[float, str]]:
-    """The fixed-sigma envelope of several sound fixed-sigma runs (issue 13): at each radius r of ``radii``,
+    """The fixed-sigma envelope of several sound fixed-sigma runs: at each radius r of ``radii``,
     the largest certified accuracy among the runs, and which run gave it. Returns (a ``comparison_table``
     record with run = ENVELOPE_LABEL, guarantee ``sound``, acc@r the maxima, clean_accuracy = acc at 0 of the
     run best at 0, acr None: the envelope is not one classifier), {r: label of the run that reaches it; the
@@ -834,7 +834,7 @@ HEADROOM_GUARANTEE = "none (uses labels)"
 
 
 def per_input_best_rows(runs: Sequence[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
-    """The headroom above the fixed-sigma envelope (issue 15), one row per input that every run certified
+    """The headroom above the fixed-sigma envelope, one row per input that every run certified
     (columns idx, radius, correct, predict): the largest radius among the runs that certify it correctly
     (radius 0, correct 0 and predict ABSTAIN if none does). It knows the labels, so it is not a classifier and
     carries no guarantee: it is at most what a rule that answers each input with one of these runs' certificates

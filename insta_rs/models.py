@@ -255,7 +255,7 @@ class BlockAverage(nn.Module):
 
 
 class CifarVGG(_ImageClassifier):
-    """A narrow VGG-style network for 32x32 colour images that a CPU can certify (issue 13): per stage one
+    """A narrow VGG-style network for 32x32 colour images that a CPU can certify: per stage one
     3x3 conv + BN + ReLU then a 2x2 max-pool, widths w, 2w, 4w, 8w (32 -> 16 -> 8 -> 4 -> 2), global average
     pool, Linear(8w, num_classes). With w = 8 (the default): about 25k parameters and 1M multiply-adds per
     image (CIFAR ResNet-20: 0.27M and 41M), 12x ResNet-20's forward throughput on this CPU. Any channel count; H, W >= 16.

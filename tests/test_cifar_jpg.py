@@ -1,4 +1,4 @@
-"""The CIFAR-10 JPEG subset path of `make results-cifar-jpg`, end to end at tiny size (issue 13): two cifar_vgg
+"""The CIFAR-10 JPEG subset path of `make results-cifar-jpg`, end to end at tiny size: two cifar_vgg
 experts trained on a few batches of ../shared/data/cifar10-jpg-12k, certified with experts (best level, grid)
 on 3 test inputs at n = 200, and compared with the fixed-sigma envelope."""
 

@@ -1,4 +1,4 @@
-"""Per-level experts (sigma_search.experts) and the best-level method (issue 13).
+"""Per-level experts (sigma_search.experts) and the best-level method.
 
 The two experts are the identity fixture's digits model and a copy whose last layer is permuted, so a
 draw routed to the wrong expert changes the counts."""

@@ -1,4 +1,4 @@
-"""Before/after identity (issue 11): the rows a fixed command and seed write must not change when the code
+"""Before/after identity: the rows a fixed command and seed write must not change when the code
 is reorganised. The fixture (tests/fixtures/identity/) holds a digits model trained by ``train=insta_rs``
 (2 epochs), a selector trained for it, and the TSVs that main wrote before the redesign for four methods on
 four inputs (``certify=fast certify.n0=32 certify.n=500 certify.skip=30 certify.max=4``). Every column but

@@ -18,7 +18,7 @@ from conftest import ROOT, run_script
 from insta_rs.tracking import RUN_ID_FILE, certification_run_name, console_log, continued_run_id, training_run_name
 from wandb_offline import offline_runs
 
-# what train.py printed on every run before these were silenced (issue 14): none of it may come back
+# what train.py printed on every run before these were silenced: none of it may come back
 NOISE = ("GPU available", "TPU available", "litlogger", "anonymous setting", "LeafSpec", "log_every_n_steps",
          "sync_dist", "is deprecated")
 AS_A_USER = {"PYTHONWARNINGS": None, "WANDB_SILENT": None}  # warnings shown, W&B left to its own defaults

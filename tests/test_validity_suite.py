@@ -1,4 +1,4 @@
-"""Statistical validity (issue 7): seeded simulations that the bounds hold at their stated level.
+"""Statistical validity: seeded simulations that the bounds hold at their stated level.
 
 Each check counts violations over T independent trials and fails when the count exceeds
 binom.isf(FALSE_ALARM, T, alpha): if the procedure is valid (violation probability <= alpha), the test
