@@ -449,7 +449,7 @@ def test_fit_selector_then_certify(base_run, tmp_path, label_mode):
 
 
 def test_low_pass_consistency_selector_round_trip(base_run, tmp_path):
-    """A selector with the issue-15 levers (2x2 block means, consistency training, the answer rule) trains,
+    """A selector with the noise levers (2x2 block means, consistency training, the answer rule) trains,
     saves, loads with the same weights and filter, and certifies through the answer rule."""
     ckpt, source = base_run
     settings = SelectorSettings(levels=[0.12, 0.25, 0.5], sigma=0.5, epochs=1, batch_size=32, draws=4, width=4,
