@@ -116,40 +116,63 @@ results-digits: install
 	$(PY) certify.py $(CERT) ckpt_path=$(R)/train/insta_rs/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(R)/train/selector/selector.pt hydra.run.dir=$(R)/certify/insta_rs_train/selector
 	$(PY) -m insta_rs.compare $(R)/certify $(R)/certify/across_sigmas/insta_rs/certify_memory.tsv --out $(R)
 
+# ---- Study: which CIFAR model this CPU should certify (chosen on the validation split) -------------------------
+# ../shared/data/cifar10-jpg-12k. Candidates: cifar_vgg at widths 8 / 16 / 32 and cifar_resnet20, each a Gaussian
+# model at sigma 0.25 and 0.5 (10 epochs, the study's other settings); every 10th validation image (100 of 1,000)
+# certified at its training sigma with certify=cifar_fast, n0 = 100, n = 1,000, alpha = 0.001. Training seconds are
+# train/epoch_seconds in each run's csv/metrics.csv; certification seconds are summary.json's `seconds`.
+.PHONY: results-cifar-jpg-models
+RM := outputs/results/cifar_jpg_models
+MODEL_CANDIDATES := vgg8:model=cifar_vgg~model.width=8 vgg16:model=cifar_vgg~model.width=16 vgg32:model=cifar_vgg~model.width=32 resnet20:model=cifar_resnet20
+results-cifar-jpg-models: install
+	$(foreach c,$(MODEL_CANDIDATES),$(PY) train.py -m experiment=cifar_jpg_results $(subst ~, ,$(word 2,$(subst :, ,$(c)))) train.epochs=10 train.sigma=0.25,0.5 hydra.sweep.dir=$(RM)/train/$(word 1,$(subst :, ,$(c))) &&) true
+	$(PY) certify.py -m certify=cifar_fast certify.split=val certify.skip=10 certify.n0=100 certify.n=1000 certify.progress=false logger=none ckpt_path=$(subst $(space),$(comma),$(foreach c,$(MODEL_CANDIDATES),$(call ckpts,$(RM)/train/$(word 1,$(subst :, ,$(c))),0 1))) hydra.sweep.dir=$(RM)/val
+	$(PY) -m insta_rs.compare $(RM)/val --dataset cifar10 --out $(RM)/val
+	$(PY) -c 'import csv, glob; [print(p.split("/")[-4], p.split("/")[-3], "training seconds", round(sum(float(r["train/epoch_seconds"]) for r in csv.DictReader(open(p)) if r["train/epoch_seconds"]), 1)) for p in sorted(glob.glob("$(RM)/train/*/*/csv/metrics.csv"))]'
+
 # ---- Study: the CIFAR-10 JPEG subset, fixed sigma, the envelope, experts, instance-wise methods (headline) --------
-# ../shared/data/cifar10-jpg-12k (not comparable with published CIFAR-10 numbers); cifar_vgg models, 20 epochs each
-# (conf/experiment/cifar_jpg_results.yaml); every 20th test image (100 of 2,000) at n0 = 100, n = 1,000,
-# alpha = 0.001; the Insta-RS search at m = 64 draws per sigma. Two halves so that a stopped run can go on
-# (certification resumes where it stopped). The four Gaussian models are also the per-level experts.
+# ../shared/data/cifar10-jpg-12k (not comparable with published CIFAR-10 numbers); the model chosen on the validation
+# split by results-cifar-jpg-models, 15 epochs each (conf/experiment/cifar_jpg_results.yaml). Every 4th test image
+# (500 of 2,000), n0 = 100, sequential sampling in radii mode (certify.radii = 0.25 ... 1.0, at most n = 10,000
+# draws per input, which reaches every grid radius that n = 100,000 reaches; docs/sequential.md), alpha = 0.001, bf16 forward (certify=cifar_fast); the Insta-RS search at
+# m = 64 draws per sigma. Insta-RS Train: the digits validation choice (probe rule, stage 1 log-uniform over
+# [0.05, 1.0]; docs/insta_rs_train.md) with a third of the epochs in stage 1 and eta = 0.2, so that its ten
+# stage-2 moves can span [0.05, 1.0] (not chosen on CIFAR validation data). Two
+# halves so that a stopped run can go on (certification resumes where it stopped); the rows of the model
+# trained across sigmas with grid and cascade come last. The four Gaussian models are also the per-level experts.
+#   time make results-cifar-jpg       the whole study from scratch (README: its wall time)
 .PHONY: results-cifar-jpg results-cifar-jpg-train results-cifar-jpg-certify
 RC := outputs/results/cifar_jpg
 G := $(RC)/train/gaussian
-CIFAR_SKIP ?= 20
-CIFAR_N ?= 1000
-CERTC := certify.n0=100 certify.n=$(CIFAR_N) certify.skip=$(CIFAR_SKIP) certify.progress=false logger=none
+CIFAR_SKIP ?= 4
+CIFAR_N ?= 10000
+CIFAR_RADII := [0.25,0.5,0.75,1.0]
+CERTC := certify=cifar_fast certify.sampling=sequential 'certify.radii=$(CIFAR_RADII)' certify.n0=100 certify.n=$(CIFAR_N) certify.skip=$(CIFAR_SKIP) certify.progress=false logger=none
 TRAINC := experiment=cifar_jpg_results
 LEVELS := [0.12,0.25,0.5,1.0]
 EXPERT_MAP := {0.12:$(G)/0/checkpoints/last.ckpt,0.25:$(G)/1/checkpoints/last.ckpt,0.5:$(G)/2/checkpoints/last.ckpt,1.0:$(G)/3/checkpoints/last.ckpt}
 EXPERTS := 'sigma_search.experts=$(EXPERT_MAP)'
 ACROSS := $(RC)/train/across_sigmas/checkpoints/last.ckpt
 INSTA := $(RC)/train/insta_rs/checkpoints/last.ckpt
+INSTA_TRAIN := train=insta_rs_probe train.stage1_sigma=log_uniform train.stage1_epochs=5 train.eta=0.2
 results-cifar-jpg: results-cifar-jpg-train results-cifar-jpg-certify
 
 results-cifar-jpg-train: install
 	$(PY) train.py -m $(TRAINC) train.sigma=0.12,0.25,0.5,1.0 hydra.sweep.dir=$(G)
 	$(PY) train.py -m $(TRAINC) train=consistency train.sigma=0.25,0.5 hydra.sweep.dir=$(RC)/train/consistency
 	$(PY) train.py $(TRAINC) 'train.sigma=$(LEVELS)' hydra.run.dir=$(RC)/train/across_sigmas
-	$(PY) train.py $(TRAINC) train=insta_rs train.update_every=8 train.m_update=8 hydra.run.dir=$(RC)/train/insta_rs
+	$(PY) train.py $(TRAINC) $(INSTA_TRAIN) hydra.run.dir=$(RC)/train/insta_rs
+	$(PY) train.py train=selector base_ckpt=$(G)/1/checkpoints/last.ckpt 'experts=$(EXPERT_MAP)' selector.draws=16 logger=csv hydra.run.dir=$(RC)/train/selector_experts
 
 results-cifar-jpg-certify: install
 	$(PY) certify.py -m $(CERTC) ckpt_path=$(call ckpts,$(G),0 1 2 3),$(call ckpts,$(RC)/train/consistency,0 1) hydra.sweep.dir=$(RC)/certify/fixed
-	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=best_level '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/certify/experts/best_level
-	$(PY) certify.py -m $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=grid,cascade '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.sweep.dir=$(RC)/certify/experts/sound
-	$(PY) train.py train=selector base_ckpt=$(G)/1/checkpoints/last.ckpt 'experts=$(EXPERT_MAP)' selector.draws=16 logger=csv hydra.run.dir=$(RC)/train/selector_experts
-	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(RC)/train/selector_experts/selector.pt $(EXPERTS) hydra.run.dir=$(RC)/certify/experts/selector
 	$(PY) certify.py $(CERTC) ckpt_path=$(ACROSS) sigma_search=insta_rs sigma_search.m=64 hydra.run.dir=$(RC)/certify/across_sigmas/insta_rs
-	$(PY) certify.py $(CERTC) ckpt_path=$(ACROSS) sigma_search=semi_elastic sigma_search.sigma_b=0.25 hydra.run.dir=$(RC)/certify/across_sigmas/semi_elastic
 	$(PY) certify.py $(CERTC) ckpt_path=$(INSTA) sigma_search=insta_rs sigma_search.m=64 hydra.run.dir=$(RC)/certify/insta_rs_train/insta_rs
+	$(PY) certify.py $(CERTC) ckpt_path=$(INSTA) hydra.run.dir=$(RC)/certify/insta_rs_train/fixed
+	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=best_level '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/certify/experts/best_level
+	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(RC)/train/selector_experts/selector.pt $(EXPERTS) hydra.run.dir=$(RC)/certify/experts/selector
+	$(PY) certify.py $(CERTC) ckpt_path=$(ACROSS) sigma_search=semi_elastic sigma_search.sigma_b=0.25 hydra.run.dir=$(RC)/certify/across_sigmas/semi_elastic
+	$(PY) certify.py -m $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=grid,cascade '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.sweep.dir=$(RC)/certify/experts/sound
 	$(PY) certify.py -m $(CERTC) ckpt_path=$(ACROSS) sigma_search=grid,cascade '++sigma_search.levels=$(LEVELS)' hydra.sweep.dir=$(RC)/certify/across_sigmas/sound
 	$(PY) -m insta_rs.compare $(RC)/certify --dataset cifar10 --envelope --out $(RC)
 
@@ -277,7 +300,7 @@ results-digits-experts: install
 .PHONY: results-cifar-jpg-experts-val results-cifar-jpg-experts-test
 CSN := $(RC)/train/selector_noise
 # a later ckpt_path= on a command line replaces the one in CERTCV
-CERTCV := certify.split=val certify.n0=100 certify.n=$(CIFAR_N) certify.skip=10 certify.progress=false logger=none ckpt_path=$(G)/1/checkpoints/last.ckpt
+CERTCV := certify.split=val certify.n0=100 certify.n=1000 certify.skip=10 certify.progress=false logger=none ckpt_path=$(G)/1/checkpoints/last.ckpt
 CSEL := train=selector base_ckpt=$(G)/1/checkpoints/last.ckpt 'experts=$(EXPERT_MAP)' selector.draws=16 logger=csv
 CIFAR_LEVERS := cascade selectors
 # the val choices run on the test split (cascade p0 0.5 on {0.25, 0.5, 1.0}; the sigma_sel 1.0 plain selector)
@@ -287,6 +310,8 @@ CIFAR_RULE_LEVELS ?= [0.25,0.5,1.0]
 CIFAR_SELECTOR ?= $(CSN)/plain/1/selector.pt
 CIFAR_SELECTOR_RULE ?= answer
 CIFAR_SELECTOR_ALPHA ?= 0.5
+# the answer rule has no sequential form: these rows take a fixed n = 10,000 on the study's 500 test images
+CERTCF := certify=cifar_fast certify.n0=100 certify.n=10000 certify.skip=$(CIFAR_SKIP) certify.progress=false logger=none
 
 define lever-cifar-cascade
 $(PY) certify.py -m $(CERTCV) sigma_search=cascade sigma_search.p0=0.5,0.7 '++sigma_search.levels=$(LEVELS),[0.25,0.5,1.0]' $(EXPERTS) hydra.sweep.dir=$(RC)/levers/val_cascade
@@ -306,8 +331,8 @@ results-cifar-jpg-experts-val: install
 	$(call levers,cifar,$(CIFAR_LEVERS))
 
 results-cifar-jpg-experts-test: install
-	$(PY) certify.py -m $(CERTC) ckpt_path=$(call ckpts,$(G),0 1 2 3) hydra.sweep.dir=$(RC)/test_experts/fixed
-	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=best_level '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/test_experts/best_level
-	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTOR) sigma_search.rule=$(CIFAR_SELECTOR_RULE) sigma_search.selector_alpha=$(CIFAR_SELECTOR_ALPHA) $(EXPERTS) hydra.run.dir=$(RC)/test_experts/selector
-	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=$(CIFAR_RULE) sigma_search.p0=$(CIFAR_P0) '++sigma_search.levels=$(CIFAR_RULE_LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/test_experts/finite_rule
+	$(PY) certify.py -m $(CERTCF) ckpt_path=$(call ckpts,$(G),0 1 2 3) hydra.sweep.dir=$(RC)/test_experts/fixed
+	$(PY) certify.py $(CERTCF) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=best_level '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/test_experts/best_level
+	$(PY) certify.py $(CERTCF) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(CIFAR_SELECTOR) sigma_search.rule=$(CIFAR_SELECTOR_RULE) sigma_search.selector_alpha=$(CIFAR_SELECTOR_ALPHA) $(EXPERTS) hydra.run.dir=$(RC)/test_experts/selector
+	$(PY) certify.py $(CERTCF) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=$(CIFAR_RULE) sigma_search.p0=$(CIFAR_P0) '++sigma_search.levels=$(CIFAR_RULE_LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/test_experts/finite_rule
 	$(PY) -m insta_rs.compare $(RC)/test_experts --dataset cifar10 --envelope --out $(RC)/test_experts

@@ -5,7 +5,7 @@
 PATH: a certification or prediction file, a run folder (its certify.tsv or predict.tsv), or a folder of runs
 (every such file below it), as ``compare`` takes them. Prints a markdown table with one row per (file,
 guarantee label): rows, ACR, certified accuracy at each radius of the grid, abstain rate (ALGORITHMS.md
-section 5), each with its 95% interval over the test inputs (docs/statistics.md). Rows of different guarantee
+section 5), each with its 95% interval over the certified inputs (docs/statistics.md). Rows of different guarantee
 labels are never pooled, and a table that holds several prints the note that ``compare`` prints.
 A file is labelled as ``compare`` labels files: by the shortest end of its path that tells it from the
 others (a certify.tsv by its folder; a numbered folder of a Hydra multirun with its parent: ``12-00-00/0``).

@@ -1,6 +1,7 @@
 """The CIFAR-10 JPEG subset path of `make results-cifar-jpg`, end to end at tiny size: two cifar_vgg
-experts trained on a few batches of ../shared/data/cifar10-jpg-12k, certified with experts (best level, grid)
-on 3 test inputs at n = 200, and compared with the fixed-sigma envelope."""
+experts trained on a few batches of ../shared/data/cifar10-jpg-12k, certified as the study certifies (bf16
+forward, sequential sampling in radii mode) with experts (best level, grid) on 3 test inputs at n <= 200, and
+compared with the fixed-sigma envelope."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ def test_cifar_jpg_subset_end_to_end_with_experts_and_envelope(tmp_path):
         run_script("train.py", "experiment=cifar_jpg_results", "debug=fast", f"train.sigma={sigma}",
                    f"hydra.run.dir={run_dir}")
         experts[sigma] = run_dir / "checkpoints" / "last.ckpt"
-    certify = ["certify=fast", "certify.n0=32", "certify.n=200", "certify.skip=400", "certify.max=3",
-               "certify.progress=false", "logger=none"]
+    certify = ["certify=cifar_fast", "certify.sampling=sequential", "certify.radii=[0.25,0.5,0.75,1.0]",
+               "certify.first_stage=50", "certify.n0=32", "certify.n=200", "certify.batch_size=100",
+               "certify.skip=400", "certify.max=3", "certify.progress=false", "logger=none"]
     mapping = "sigma_search.experts={" + ",".join(f"{s}:{p}" for s, p in experts.items()) + "}"
     for sigma, path in experts.items():
         run_script("certify.py", *certify, f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'certify' / f'fixed_{sigma}'}")
@@ -33,6 +35,7 @@ def test_cifar_jpg_subset_end_to_end_with_experts_and_envelope(tmp_path):
     rows = {name: pd.read_csv(tmp_path / "certify" / name / "certify.tsv", sep="\t")
             for name in ("fixed_0.25", "fixed_0.5", "best_level", "grid")}
     assert all(len(frame) == 3 for frame in rows.values())
+    assert all((rows[name]["draws"] <= 32 + 200).all() for name in ("fixed_0.25", "fixed_0.5"))  # n0 + at most n
     assert list(rows["best_level"]["radius"]) == [max(a, b) for a, b in zip(rows["fixed_0.25"]["radius"],
                                                                              rows["fixed_0.5"]["radius"])]
     result = run_script("-m insta_rs.compare", str(tmp_path / "certify"), "--dataset", "cifar10", "--envelope",
