@@ -120,7 +120,8 @@ results-digits: install
 # ../shared/data/cifar10-jpg-12k. Candidates: cifar_vgg at widths 8 / 16 / 32 and cifar_resnet20, each a Gaussian
 # model at sigma 0.25 and 0.5 (10 epochs, the study's other settings); every 10th validation image (100 of 1,000)
 # certified at its training sigma with certify=cifar_fast, n0 = 100, n = 1,000, alpha = 0.001. Training seconds are
-# train/epoch_seconds in each run's csv/metrics.csv; certification seconds are summary.json's `seconds`.
+# train/epoch_seconds in each run's csv/metrics.csv; certification seconds are summary.json's `seconds`. The chosen
+# width's two models are also certified in float32 (same noise) for a paired bf16 against float32 comparison.
 .PHONY: results-cifar-jpg-models
 RM := outputs/results/cifar_jpg_models
 MODEL_CANDIDATES := vgg8:model=cifar_vgg~model.width=8 vgg16:model=cifar_vgg~model.width=16 vgg32:model=cifar_vgg~model.width=32 resnet20:model=cifar_resnet20
@@ -128,6 +129,9 @@ results-cifar-jpg-models: install
 	$(foreach c,$(MODEL_CANDIDATES),$(PY) train.py -m experiment=cifar_jpg_results $(subst ~, ,$(word 2,$(subst :, ,$(c)))) train.epochs=10 train.sigma=0.25,0.5 hydra.sweep.dir=$(RM)/train/$(word 1,$(subst :, ,$(c))) &&) true
 	$(PY) certify.py -m certify=cifar_fast certify.split=val certify.skip=10 certify.n0=100 certify.n=1000 certify.progress=false logger=none ckpt_path=$(subst $(space),$(comma),$(foreach c,$(MODEL_CANDIDATES),$(call ckpts,$(RM)/train/$(word 1,$(subst :, ,$(c))),0 1))) hydra.sweep.dir=$(RM)/val
 	$(PY) -m insta_rs.compare $(RM)/val --dataset cifar10 --out $(RM)/val
+	$(PY) certify.py -m certify.channels_last=true certify.split=val certify.skip=10 certify.n0=100 certify.n=1000 certify.progress=false logger=none ckpt_path=$(call ckpts,$(RM)/train/vgg8,0 1) hydra.sweep.dir=$(RM)/val_fp32
+	$(PY) -m insta_rs.compare $(RM)/val/0 $(RM)/val_fp32/0 --dataset cifar10 --out $(RM)/bf16_fp32/sigma_025
+	$(PY) -m insta_rs.compare $(RM)/val/1 $(RM)/val_fp32/1 --dataset cifar10 --out $(RM)/bf16_fp32/sigma_05
 	$(PY) -c 'import csv, glob; [print(p.split("/")[-4], p.split("/")[-3], "training seconds", round(sum(float(r["train/epoch_seconds"]) for r in csv.DictReader(open(p)) if r["train/epoch_seconds"]), 1)) for p in sorted(glob.glob("$(RM)/train/*/*/csv/metrics.csv"))]'
 
 # ---- Study: the CIFAR-10 JPEG subset, fixed sigma, the envelope, experts, instance-wise methods (headline) --------
@@ -147,13 +151,15 @@ G := $(RC)/train/gaussian
 CIFAR_SKIP ?= 4
 CIFAR_N ?= 10000
 CIFAR_RADII := [0.25,0.5,0.75,1.0]
-CERTC := certify=cifar_fast certify.sampling=sequential 'certify.radii=$(CIFAR_RADII)' certify.n0=100 certify.n=$(CIFAR_N) certify.skip=$(CIFAR_SKIP) certify.progress=false logger=none
+CERT_RADII := certify=cifar_fast certify.sampling=sequential 'certify.radii=$(CIFAR_RADII)' certify.n0=100 certify.n=$(CIFAR_N) certify.progress=false logger=none
+CERTC := $(CERT_RADII) certify.skip=$(CIFAR_SKIP)
 TRAINC := experiment=cifar_jpg_results
 LEVELS := [0.12,0.25,0.5,1.0]
 EXPERT_MAP := {0.12:$(G)/0/checkpoints/last.ckpt,0.25:$(G)/1/checkpoints/last.ckpt,0.5:$(G)/2/checkpoints/last.ckpt,1.0:$(G)/3/checkpoints/last.ckpt}
 EXPERTS := 'sigma_search.experts=$(EXPERT_MAP)'
 ACROSS := $(RC)/train/across_sigmas/checkpoints/last.ckpt
 INSTA := $(RC)/train/insta_rs/checkpoints/last.ckpt
+INSTA_CORRECT := $(RC)/train/insta_rs_correct/checkpoints/last.ckpt
 INSTA_TRAIN := train=insta_rs_probe train.stage1_sigma=log_uniform train.stage1_epochs=5 train.eta=0.2
 results-cifar-jpg: results-cifar-jpg-train results-cifar-jpg-certify
 
@@ -162,6 +168,7 @@ results-cifar-jpg-train: install
 	$(PY) train.py -m $(TRAINC) train=consistency train.sigma=0.25,0.5 hydra.sweep.dir=$(RC)/train/consistency
 	$(PY) train.py $(TRAINC) 'train.sigma=$(LEVELS)' hydra.run.dir=$(RC)/train/across_sigmas
 	$(PY) train.py $(TRAINC) $(INSTA_TRAIN) hydra.run.dir=$(RC)/train/insta_rs
+	$(PY) train.py $(TRAINC) $(INSTA_TRAIN) train.probe_signal=correct hydra.run.dir=$(RC)/train/insta_rs_correct
 	$(PY) train.py train=selector base_ckpt=$(G)/1/checkpoints/last.ckpt 'experts=$(EXPERT_MAP)' selector.draws=16 logger=csv hydra.run.dir=$(RC)/train/selector_experts
 
 results-cifar-jpg-certify: install
@@ -169,12 +176,25 @@ results-cifar-jpg-certify: install
 	$(PY) certify.py $(CERTC) ckpt_path=$(ACROSS) sigma_search=insta_rs sigma_search.m=64 hydra.run.dir=$(RC)/certify/across_sigmas/insta_rs
 	$(PY) certify.py $(CERTC) ckpt_path=$(INSTA) sigma_search=insta_rs sigma_search.m=64 hydra.run.dir=$(RC)/certify/insta_rs_train/insta_rs
 	$(PY) certify.py $(CERTC) ckpt_path=$(INSTA) hydra.run.dir=$(RC)/certify/insta_rs_train/fixed
+	$(PY) certify.py $(CERTC) ckpt_path=$(INSTA_CORRECT) sigma_search=insta_rs sigma_search.m=64 hydra.run.dir=$(RC)/certify/insta_rs_train_correct/insta_rs
+	$(PY) certify.py $(CERTC) ckpt_path=$(INSTA_CORRECT) hydra.run.dir=$(RC)/certify/insta_rs_train_correct/fixed
 	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=best_level '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.run.dir=$(RC)/certify/experts/best_level
 	$(PY) certify.py $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=selector sigma_search.ckpt_path=$(RC)/train/selector_experts/selector.pt $(EXPERTS) hydra.run.dir=$(RC)/certify/experts/selector
 	$(PY) certify.py $(CERTC) ckpt_path=$(ACROSS) sigma_search=semi_elastic sigma_search.sigma_b=0.25 hydra.run.dir=$(RC)/certify/across_sigmas/semi_elastic
 	$(PY) certify.py -m $(CERTC) ckpt_path=$(G)/1/checkpoints/last.ckpt sigma_search=grid,cascade '++sigma_search.levels=$(LEVELS)' $(EXPERTS) hydra.sweep.dir=$(RC)/certify/experts/sound
 	$(PY) certify.py -m $(CERTC) ckpt_path=$(ACROSS) sigma_search=grid,cascade '++sigma_search.levels=$(LEVELS)' hydra.sweep.dir=$(RC)/certify/across_sigmas/sound
 	$(PY) -m insta_rs.compare $(RC)/certify --dataset cifar10 --envelope --out $(RC)
+
+# ---- Study: Insta-RS Train's probe signal on the CIFAR-10 JPEG subset (validation split) -----------------------
+# After results-cifar-jpg-train. The study's Insta-RS Train model (probe_signal=prob, the softmax probability of the
+# label) against the same run with probe_signal=correct (one vote per visit, the quantity the smoothed classifier
+# counts) and the model trained across sigmas, each with the insta_rs search, on every 10th validation image (100
+# of 1,000) with the study's certification settings; then the sigma tables (docs/insta_rs_train.md).
+.PHONY: results-cifar-jpg-insta-train-val
+RCV := $(RC)/insta_train_val
+results-cifar-jpg-insta-train-val: install
+	$(PY) certify.py -m $(CERT_RADII) certify.split=val certify.skip=10 ckpt_path=$(ACROSS),$(INSTA),$(INSTA_CORRECT) sigma_search=insta_rs sigma_search.m=64 hydra.sweep.dir=$(RCV)
+	$(PY) -m insta_rs.compare $(RCV) --dataset cifar10 --out $(RCV)
 
 # ---- Study: Insta-RS Train's update rules, digits -----------------------------------------------------------
 # The probe rule (no forward pass of its own) with stage 1 at sigma0 and across sigmas (log-uniform), the search
