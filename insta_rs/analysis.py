@@ -466,7 +466,8 @@ def _cell(value, interval, decimals: int = 3) -> str:
     return f"{float(value):.{decimals}f} [{lo:.{decimals}f}, {hi:.{decimals}f}]"
 
 
-INTERVAL_NOTE = ("[lo, hi]: 95% interval over the certified inputs of the split (exact Clopper-Pearson for fractions, a bootstrap over "
+INTERVAL_NOTE = ("[lo, hi]: 95% interval over the certified inputs of the split (exact Clopper-Pearson for "
+                 "fractions, a bootstrap over "
                  "inputs for ACR; docs/statistics.md).")
 INSTANCE_NOTE = ("Rows with guarantee instance are not certificates: each radius is Cohen's radius of the fixed-sigma "
                  "classifier at the sigma the search chose for that input, not of the instance-wise classifier that "
