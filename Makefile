@@ -143,8 +143,7 @@ results-cifar-jpg-models: install
 # [0.05, 1.0]; docs/insta_rs_train.md) with a third of the epochs in stage 1 and eta = 0.2, so that its ten
 # stage-2 moves can span [0.05, 1.0] (not chosen on CIFAR validation data). Two
 # halves so that a stopped run can go on (certification resumes where it stopped). Insta-RS Train is trained with
-# both probe signals; the one chosen on validation (correct; results-cifar-jpg-insta-train-val) is certified
-# here. The four Gaussian models are also the per-level experts.
+# the probe signal chosen on validation (correct; results-cifar-jpg-insta-train-val trains the other one). The four Gaussian models are also the per-level experts.
 #   time make results-cifar-jpg       the whole study from scratch (README: its wall time)
 .PHONY: results-cifar-jpg results-cifar-jpg-train results-cifar-jpg-certify results-cifar-jpg-finite-across
 RC := outputs/results/cifar_jpg
@@ -168,7 +167,6 @@ results-cifar-jpg-train: install
 	$(PY) train.py -m $(TRAINC) train.sigma=0.12,0.25,0.5,1.0 hydra.sweep.dir=$(G)
 	$(PY) train.py -m $(TRAINC) train=consistency train.sigma=0.25,0.5 hydra.sweep.dir=$(RC)/train/consistency
 	$(PY) train.py $(TRAINC) 'train.sigma=$(LEVELS)' hydra.run.dir=$(RC)/train/across_sigmas
-	$(PY) train.py $(TRAINC) $(INSTA_TRAIN) hydra.run.dir=$(RC)/train/insta_rs
 	$(PY) train.py $(TRAINC) $(INSTA_TRAIN) train.probe_signal=correct hydra.run.dir=$(RC)/train/insta_rs_correct
 	$(PY) train.py train=selector base_ckpt=$(G)/1/checkpoints/last.ckpt 'experts=$(EXPERT_MAP)' selector.draws=16 logger=csv hydra.run.dir=$(RC)/train/selector_experts
 
@@ -193,13 +191,14 @@ results-cifar-jpg-finite-across: install
 	$(PY) -m insta_rs.compare $(RC)/certify --dataset cifar10 --envelope --out $(RC)
 
 # ---- Study: Insta-RS Train's probe signal on the CIFAR-10 JPEG subset (validation split) -----------------------
-# After results-cifar-jpg-train. The study's Insta-RS Train model (probe_signal=prob, the softmax probability of the
+# After results-cifar-jpg-train. Insta-RS Train with probe_signal=prob (the softmax probability of the
 # label) against the same run with probe_signal=correct (one vote per visit, the quantity the smoothed classifier
 # counts) and the model trained across sigmas, each with the insta_rs search, on every 10th validation image (100
 # of 1,000) with the study's certification settings; then the sigma tables (docs/insta_rs_train.md).
 .PHONY: results-cifar-jpg-insta-train-val
 RCV := $(RC)/insta_train_val
 results-cifar-jpg-insta-train-val: install
+	$(PY) train.py $(TRAINC) $(INSTA_TRAIN) hydra.run.dir=$(RC)/train/insta_rs
 	$(PY) certify.py -m $(CERT_RADII) certify.split=val certify.skip=10 ckpt_path=$(ACROSS),$(INSTA),$(INSTA_CORRECT) sigma_search=insta_rs sigma_search.m=64 hydra.sweep.dir=$(RCV)
 	$(PY) -m insta_rs.compare $(RCV) --dataset cifar10 --out $(RCV)
 

@@ -467,8 +467,7 @@ def _cell(value, interval, decimals: int = 3) -> str:
 
 
 INTERVAL_NOTE = ("[lo, hi]: 95% interval over the certified inputs of the split (exact Clopper-Pearson for "
-                 "fractions, a bootstrap over "
-                 "inputs for ACR; docs/statistics.md).")
+                 "fractions, a bootstrap over inputs for ACR; docs/statistics.md).")
 INSTANCE_NOTE = ("Rows with guarantee instance are not certificates: each radius is Cohen's radius of the fixed-sigma "
                  "classifier at the sigma the search chose for that input, not of the instance-wise classifier that "
                  "answered (README, Guarantees); their accuracy at r is not certified accuracy.")
